@@ -1,0 +1,1 @@
+"""Wiring: configuration, the command line and the demo. Nothing imports this package."""

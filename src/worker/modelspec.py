@@ -1,0 +1,146 @@
+"""The model description file (``model.toml``): what a model expects and what its labels mean.
+
+Validated once when it is loaded, so a typo in a user's model file stops start-up with the key named,
+instead of producing a SEG with wrong codes later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from db.errors import ConfigurationError
+
+DEMO_MODEL = Path(__file__).parent / "models" / "demo" / "model.toml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Code(_Strict):
+    """A coded concept, e.g. SNOMED CT ``39607008`` "Lung"."""
+
+    scheme: str = "SCT"
+    value: str
+    meaning: str
+
+
+class LabelSpec(_Strict):
+    value: int = Field(ge=1, le=255, description="Label value in the model output")
+    name: str = Field(min_length=1, max_length=64)
+    category: Code
+    type: Code
+    anatomic_region: Code | None = None
+    color: tuple[int, int, int] = (255, 0, 0)
+    keep_largest: int = Field(0, ge=0, description="Keep this many largest components; 0 keeps all")
+    fill_holes: bool = False
+    min_volume_ml: float = Field(0.0, ge=0.0)
+
+    @field_validator("color")
+    @classmethod
+    def _rgb(cls, v: tuple[int, int, int]) -> tuple[int, int, int]:
+        if any(not 0 <= c <= 255 for c in v):
+            raise ValueError(f"colour {v} must be three values in 0..255")
+        return v
+
+
+class ArchitectureSpec(_Strict):
+    """Arguments of MONAI's ``UNet``."""
+
+    name: Literal["UNet"] = "UNet"
+    channels: tuple[int, ...] = (16, 32, 64, 128)
+    strides: tuple[int, ...] = (2, 2, 2)
+    num_res_units: int = 1
+    norm: str = "INSTANCE"
+    dropout: float = 0.0
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "ArchitectureSpec":
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"strides {self.strides} must have one entry fewer than channels {self.channels}"
+            )
+        return self
+
+
+class PreprocessSpec(_Strict):
+    orientation: str = Field("LPS", pattern=r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$")
+    spacing: tuple[float, float, float] = (2.5, 2.5, 2.5)
+    window: tuple[float, float] = (-1000.0, 400.0)
+
+    @model_validator(mode="after")
+    def _window(self) -> "PreprocessSpec":
+        if self.window[0] >= self.window[1]:
+            raise ValueError(f"window {self.window} must be (lower, upper) with lower < upper")
+        if min(self.spacing) <= 0:
+            raise ValueError(f"spacing {self.spacing} must be positive")
+        return self
+
+
+class InferenceSpec(_Strict):
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    sw_batch_size: int = Field(1, ge=1)
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+
+
+class ModelSpec(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    description: str = ""
+    modality: Literal["CT", "MR", "PT"] = "CT"
+    min_slices: int = Field(16, ge=1)
+    weights: str = "weights.pt"
+    architecture: ArchitectureSpec = ArchitectureSpec()
+    preprocess: PreprocessSpec = PreprocessSpec()
+    inference: InferenceSpec = InferenceSpec()
+    labels: tuple[LabelSpec, ...]
+    path: Path = Field(Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _labels(self) -> "ModelSpec":
+        values = [label.value for label in self.labels]
+        if not values:
+            raise ValueError("a model needs at least one label")
+        if sorted(values) != list(range(1, len(values) + 1)):
+            raise ValueError(f"label values {values} must be 1..{len(values)}, each once")
+        return self
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.labels) + 1
+
+    @property
+    def weights_path(self) -> Path:
+        return (self.path.parent / self.weights).resolve()
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights file: identifies exactly which model made a result."""
+        digest = hashlib.sha256()
+        with open(self.weights_path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+
+def load_spec(path: Path | str | None = None) -> ModelSpec:
+    """Read and validate a model file; the bundled demo model when no path is given."""
+    path = Path(path) if path else DEMO_MODEL
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"model file {str(path)!r} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"model file {str(path)!r} is not valid TOML: {exc}") from exc
+    try:
+        spec = ModelSpec.model_validate({**raw, "path": path.resolve()})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigurationError(f"model file {str(path)!r}: {key}: {first['msg']}") from exc
+    return spec
