@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +16,10 @@ from rich.console import Console
 
 from db.errors import ConfigurationError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+console = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
+log = logging.getLogger("ainode")
 
 ConfigOption = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="TOML configuration file (see config/ainode.toml)")
@@ -21,8 +27,178 @@ ConfigOption = Annotated[
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _settings(config: Optional[Path]):  # type: ignore[no-untyped-def]
+    from ainode.config import load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigurationError as exc:
+        _fail(f"invalid configuration\n{exc}")
+
+
+def _database(settings):  # type: ignore[no-untyped-def]
+    from db.engine import Database
+
+    try:
+        return Database(settings.database_url)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum, _frame):  # type: ignore[no-untyped-def]
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _worker_command(config: Optional[Path]) -> list[str]:
+    command = [sys.executable, "-m", "ainode.cli", "worker"]
+    return command + (["--config", str(config)] if config else [])
+
+
+@app.command()
+def serve(config: ConfigOption = None, verbose: bool = False) -> None:
+    """Run the node: DICOM receiver, settle loop, result sender, and worker.count worker processes."""
+    from pacs_node.dispatch import Dispatcher
+    from pacs_node.node import Node
+
+    _logging(verbose)
+    settings = _settings(config)
+    settings.storage.root.mkdir(parents=True, exist_ok=True)
+    db = _database(settings)
+    db.migrate()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, settings.destination_map(),
+                            settings.delivery_policy(), name=f"sender:{os.getpid()}")
+    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher)
+    try:
+        node.start()
+    except OSError as exc:
+        _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
+    workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(_worker_command(config))
+                                              for _ in range(settings.worker.count)]
+    log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
+             settings.node.port, len(workers))
+    try:
+        while not stop.wait(1.0):
+            for n, proc in enumerate(workers):
+                if proc.poll() is not None:
+                    log.warning("worker %d exited with %s; starting another", proc.pid, proc.returncode)
+                    workers[n] = subprocess.Popen(_worker_command(config))
+    finally:
+        for proc in workers:
+            proc.terminate()
+        node.stop()
+        for proc in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        db.dispose()
+        log.info("ainode stopped")
+
+
+@app.command()
+def worker(config: ConfigOption = None, verbose: bool = False) -> None:
+    """Run one worker: claims jobs from the database and processes them (run several on several machines)."""
+    from worker.modelspec import load_spec
+    from worker.network import Segmenter
+    from worker.pipeline import Pipeline, PipelineConfig
+    from worker.runner import RunnerConfig, Worker
+
+    _logging(verbose)
+    settings = _settings(config)
+    db = _database(settings)
+    db.migrate()
+    try:
+        spec = load_spec(settings.worker.model)
+        segmenter = Segmenter(spec, settings.worker.device, settings.worker.threads)
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    pipeline = Pipeline(spec, segmenter, PipelineConfig(settings.storage.root.resolve(), settings.output_settings()))
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    Worker(db, settings.queue_policy(), pipeline,
+           RunnerConfig(tuple(settings.delivery.result_destinations), settings.worker.poll_seconds)).run(stop)
+    db.dispose()
+
+
+@app.command()
+def jobs(config: ConfigOption = None,
+         state: Annotated[Optional[str], typer.Option(help="Only jobs in this state")] = None,
+         limit: Annotated[int, typer.Option(help="Newest N jobs")] = 50) -> None:
+    """Show the newest jobs: patient, series, model, state, attempts, seconds per stage, reason."""
+    from ainode.views import jobs_table
+    from db import monitor
+
+    settings = _settings(config)
+    db = _database(settings)
+    db.migrate()
+    console.print(jobs_table(monitor.jobs(db, limit=limit, state=state)))
+
+
+@app.command()
+def job(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigOption = None) -> None:
+    """Show one job: events, timings, outputs and deliveries, error."""
+    from ainode.views import job_view
+    from db import monitor
+
+    settings = _settings(config)
+    db = _database(settings)
+    db.migrate()
+    detail = monitor.job(db, job_id)
+    if detail is None:
+        _fail(f"there is no job {job_id}")
+    console.print(job_view(detail))
+
+
+@app.command()
+def retry(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigOption = None) -> None:
+    """Queue a finished (succeeded, failed or rejected) job again, with a fresh set of attempts."""
+    from db import queue
+
+    settings = _settings(config)
+    db = _database(settings)
+    db.migrate()
+    if not queue.retry(db, job_id, settings.queue.max_attempts):
+        _fail(f"job {job_id} does not exist or is still queued or running")
+    console.print(f"job {job_id} queued again")
+
+
+@app.command("check-config")
+def check_config(config: ConfigOption = None) -> None:
+    """Validate the configuration (file + AINODE_ environment) and print the effective settings."""
+    settings = _settings(config)
+    console.print_json(settings.model_dump_json())
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's data, results and overlay")] = Path("demo-output"),
+    seed: Annotated[int, typer.Option(help="Seed of the phantom study")] = 7,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the results")] = 110.0,
+) -> None:
+    """Send a generated phantom CT to a local node and show what comes back (SEG, SR, Dice, overlay)."""
+    from ainode.demo import run_demo
+
+    _logging()
+    code = run_demo(out, seed=seed, timeout=timeout, console=console)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -1,0 +1,58 @@
+"""Rich tables of the queue, for ``ainode jobs``, ``ainode job`` and the demo."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from db.monitor import JobDetail, JobRow
+
+STATE_STYLE = {"succeeded": "green", "failed": "red", "rejected": "magenta", "running": "cyan", "queued": "yellow"}
+
+
+def _stages(row: JobRow) -> str:
+    return " ".join(f"{name} {seconds:.1f}s" for name, seconds in row.stage_seconds.items())
+
+
+def jobs_table(rows: list[JobRow]) -> Table:
+    table = Table(title="ainode jobs", expand=False)
+    for column in ("id", "state", "patient", "series", "mod", "inst", "model", "tries", "stages", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            str(row.id), Text(row.state, style=STATE_STYLE.get(row.state, "")), row.patient_id,
+            "…" + row.series_instance_uid[-12:], row.modality, str(row.instances), row.model or "-",
+            f"{row.attempts}/{row.max_attempts}", _stages(row), row.error or "",
+        )
+    return table
+
+
+def job_view(detail: JobDetail) -> Group:
+    row = detail.row
+    head = Table.grid(padding=(0, 2))
+    for key, value in (
+        ("job", str(row.id)), ("state", row.state), ("patient", row.patient_id),
+        ("study", row.study_instance_uid), ("series", f"{row.series_instance_uid} ({row.modality}, "
+                                                     f"{row.instances} instances)"),
+        ("model", row.model or "-"), ("attempts", f"{row.attempts} of {row.max_attempts}"),
+        ("created", str(row.created_at)), ("finished", str(row.finished_at or "-")),
+        ("lease", f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-"),
+        ("stages", _stages(row) or "-"), ("error", row.error or "-"),
+    ):
+        head.add_row(Text(key, style="bold"), value)
+    events = Table(title="events")
+    for column in ("at", "event", "try", "stage", "seconds", "worker", "message"):
+        events.add_column(column, overflow="fold")
+    for at, kind, attempt, stage, seconds, worker, message in detail.events:
+        events.add_row(at.strftime("%H:%M:%S.%f")[:-3], kind, str(attempt), stage or "",
+                       f"{seconds:.2f}" if seconds is not None else "", worker or "", message)
+    outputs = Table(title="outputs and deliveries")
+    for column in ("object", "SOP Instance UID / destination", "state", "tries", "status", "error"):
+        outputs.add_column(column, overflow="fold")
+    for kind, uid, path in detail.results:
+        outputs.add_row(kind, uid, "", "", "", path)
+    for kind, destination, state, attempts, status, _, error in detail.deliveries:
+        outputs.add_row(f"→ {kind}", destination, state, str(attempts),
+                        f"0x{status:04X}" if status is not None else "", error or "")
+    return Group(head, events, outputs)

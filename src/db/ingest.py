@@ -1,0 +1,81 @@
+"""Recording what arrived: studies, series and instances, and when a series' association ended.
+
+Called by the C-STORE handler before it answers, so a success on the wire means the row is committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from db.engine import Database
+from db.models import Instance, Series, Study, utcnow
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """The attributes of a received instance the database keeps; UIDs already validated."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    path: str
+    size_bytes: int
+    calling_ae_title: str
+    patient_id: str = ""
+    patient_name: str = ""
+    study_date: str = ""
+    accession_number: str = ""
+    study_description: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    instance_number: int | None = None
+
+
+def is_stored(db: Database, sop_instance_uid: str) -> bool:
+    with db.transaction() as session:
+        return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
+
+
+def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | None = None) -> bool:
+    """Insert the instance (and its study and series when new); False if it was already recorded."""
+    now = now or utcnow()
+    with db.transaction() as session:
+        if session.scalar(select(Instance.id).where(Instance.sop_instance_uid == item.sop_instance_uid)):
+            return False
+        study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
+        if study is None:
+            study = Study(study_instance_uid=item.study_instance_uid, patient_id=item.patient_id,
+                          patient_name=item.patient_name, study_date=item.study_date,
+                          accession_number=item.accession_number, study_description=item.study_description,
+                          created_at=now)
+            session.add(study)
+        series = session.scalar(select(Series).where(Series.series_instance_uid == item.series_instance_uid))
+        if series is None:
+            series = Series(study=study, series_instance_uid=item.series_instance_uid, modality=item.modality,
+                            series_number=item.series_number, series_description=item.series_description,
+                            state="receiving", instance_count=0, first_received_at=now)
+            session.add(series)
+        series.state = "receiving"
+        series.instance_count += 1
+        series.last_received_at = now
+        session.add(Instance(series=series, sop_instance_uid=item.sop_instance_uid,
+                             sop_class_uid=item.sop_class_uid, transfer_syntax_uid=item.transfer_syntax_uid,
+                             instance_number=item.instance_number, path=item.path, size_bytes=item.size_bytes,
+                             calling_ae_title=item.calling_ae_title, received_at=now))
+        return True
+
+
+def release_series(db: Database, series_instance_uids: Iterable[str], now: dt.datetime | None = None) -> None:
+    """The association that sent these series has ended: their settle time starts now."""
+    uids = sorted(set(series_instance_uids))
+    if not uids:
+        return
+    with db.transaction() as session:
+        session.execute(update(Series).where(Series.series_instance_uid.in_(uids)).values(released_at=now or utcnow()))

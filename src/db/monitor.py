@@ -1,0 +1,104 @@
+"""Read-only views of the queue for people: the job table and one job's whole story."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+
+from db.engine import Database
+from db.models import Delivery, Job, JobEvent, Result, Series, Study
+
+
+@dataclass(frozen=True)
+class JobRow:
+    id: int
+    state: str
+    patient_id: str
+    study_instance_uid: str
+    series_instance_uid: str
+    modality: str
+    instances: int
+    model: str | None
+    attempts: int
+    max_attempts: int
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+    stage_seconds: dict[str, float]
+    error: str | None
+
+
+def _stage_seconds(session, job_ids: list[int]) -> dict[int, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Seconds per stage of each job's latest attempt."""
+    rows = session.execute(
+        select(JobEvent.job_id, JobEvent.attempt, JobEvent.stage, JobEvent.seconds)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.kind == "stage").order_by(JobEvent.id)
+    ).all()
+    latest: dict[int, int] = {}
+    for job_id, attempt, _, _ in rows:
+        latest[job_id] = max(latest.get(job_id, 0), attempt)
+    out: dict[int, dict[str, float]] = {}
+    for job_id, attempt, stage, seconds in rows:
+        if attempt == latest[job_id]:
+            out.setdefault(job_id, {})[stage] = seconds
+    return out
+
+
+def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow]:
+    with db.transaction() as session:
+        query = (select(Job, Series, Study).join(Series, Job.series_id == Series.id)
+                 .join(Study, Series.study_id == Study.id).order_by(Job.id.desc()).limit(limit))
+        if state:
+            query = query.where(Job.state == state)
+        found = session.execute(query).all()
+        stages = _stage_seconds(session, [job.id for job, _, _ in found])
+        return [
+            JobRow(job.id, job.state, study.patient_id, study.study_instance_uid, series.series_instance_uid,
+                   series.modality, series.instance_count, job.model, job.attempts, job.max_attempts,
+                   job.created_at, job.finished_at, stages.get(job.id, {}), job.error)
+            for job, series, study in found
+        ]
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    row: JobRow
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    events: list[tuple[dt.datetime, str, int, str | None, float | None, str | None, str]]
+    results: list[tuple[str, str, str]]
+    deliveries: list[tuple[str, str, str, int, int | None, dt.datetime | None, str | None]]
+
+
+def job(db: Database, job_id: int) -> JobDetail | None:
+    with db.transaction() as session:
+        found = session.get(Job, job_id)
+        if found is None:
+            return None
+        series, study = found.series, found.series.study
+        stages = _stage_seconds(session, [job_id]).get(job_id, {})
+        row = JobRow(found.id, found.state, study.patient_id, study.study_instance_uid, series.series_instance_uid,
+                     series.modality, series.instance_count, found.model, found.attempts, found.max_attempts,
+                     found.created_at, found.finished_at, stages, found.error)
+        events = [(e.at, e.kind, e.attempt, e.stage, e.seconds, e.worker, e.message) for e in found.events]
+        results = [(r.kind, r.sop_instance_uid, r.path) for r in found.results]
+        deliveries = [
+            (r.kind, d.destination, d.state, d.attempts, d.last_status, d.delivered_at, d.error)
+            for r in found.results for d in session.scalars(
+                select(Delivery).where(Delivery.result_id == r.id).order_by(Delivery.id))
+        ]
+        return JobDetail(row, found.lease_owner, found.lease_expires_at, events, results, deliveries)
+
+
+def counts(db: Database) -> dict[str, int]:
+    with db.transaction() as session:
+        return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+
+
+def delivered_results(db: Database, job_id: int) -> list[str]:
+    """SOP Instance UIDs of a job's results that reached every destination."""
+    with db.transaction() as session:
+        results = session.scalars(select(Result).where(Result.job_id == job_id)).all()
+        return [r.sop_instance_uid for r in results
+                if r.deliveries and all(d.state == "delivered" for d in r.deliveries)]

@@ -1,0 +1,81 @@
+"""The delivery outbox: the only code that writes a delivery's state.
+
+Deliveries are created with their job's results (``queue.complete``); a sender claims one at a time with
+a lease, and records the peer's answer. Nothing is ever given up: a failed send waits longer each time
+(capped) and is tried again, because a PACS that is down must not lose a result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import and_, or_, select
+
+from db.engine import Database
+from db.models import Delivery, utcnow
+
+PENDING, SENDING, DELIVERED = "pending", "sending", "delivered"
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    lease_seconds: float = 120.0
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 300.0
+
+    def backoff(self, attempts: int) -> dt.timedelta:
+        return dt.timedelta(seconds=min(self.backoff_max_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class DeliveryTask:
+    id: int
+    destination: str
+    path: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    attempt: int
+
+
+def claim(db: Database, sender: str, policy: DeliveryPolicy) -> DeliveryTask | None:
+    now = utcnow()
+    with db.transaction() as session:
+        delivery = session.scalar(
+            select(Delivery).where(
+                or_(
+                    and_(Delivery.state == PENDING, Delivery.not_before <= now),
+                    and_(Delivery.state == SENDING, Delivery.lease_expires_at < now),
+                )
+            ).order_by(Delivery.not_before, Delivery.id).limit(1).with_for_update(skip_locked=True)
+        )
+        if delivery is None:
+            return None
+        delivery.state = SENDING
+        delivery.attempts += 1
+        delivery.lease_owner = sender
+        delivery.lease_expires_at = now + dt.timedelta(seconds=policy.lease_seconds)
+        result = delivery.result
+        return DeliveryTask(delivery.id, delivery.destination, result.path, result.sop_class_uid,
+                            result.sop_instance_uid, delivery.attempts)
+
+
+def delivered(db: Database, delivery_id: int, status: int) -> None:
+    with db.transaction() as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        if delivery is not None:
+            delivery.state, delivery.last_status, delivery.error = DELIVERED, status, None
+            delivery.delivered_at = utcnow()
+            delivery.lease_owner = delivery.lease_expires_at = None
+
+
+def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy, status: int | None = None) -> dt.datetime:
+    """Record a failed send and schedule the next try; returns when that will be."""
+    with db.transaction() as session:
+        delivery = session.get(Delivery, delivery_id, with_for_update=True)
+        if delivery is None:
+            return utcnow()
+        delivery.state, delivery.last_status, delivery.error = PENDING, status, reason
+        delivery.not_before = utcnow() + policy.backoff(delivery.attempts)
+        delivery.lease_owner = delivery.lease_expires_at = None
+        return delivery.not_before

@@ -1,0 +1,110 @@
+"""The sender: delivers result files from the outbox to their destinations with C-STORE.
+
+One association per file, TCP_NODELAY on (pynetdicom leaves Nagle's algorithm on, which costs ~40 ms
+per message), and every outcome recorded on the delivery. A lost response or a refusing peer only
+delays a delivery: it is retried with backoff until the peer says success.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.events import Event
+
+from db import outbox
+from db.engine import Database
+from db.errors import PeerFailure
+
+log = logging.getLogger("ainode.deliver")
+
+_DELIVERED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    host: str
+    port: int
+    ae_title: str
+
+
+def _no_delay(event: Event) -> None:
+    event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def send_file(path: Path, destination: Destination, calling_ae_title: str, timeout: float = 30.0) -> int:
+    """C-STORE one file as it is on disk; returns the peer's status or raises ``PeerFailure``."""
+    meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.add_requested_context(meta.file_meta.MediaStorageSOPClassUID, meta.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
+    if not assoc.is_established:
+        raise PeerFailure(f"{destination.ae_title}@{destination.host}:{destination.port} refused or did not "
+                          "answer the association")
+    try:
+        status = assoc.send_c_store(path)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if status is None or "Status" not in status:
+        raise PeerFailure(f"{destination.ae_title} sent no C-STORE response (connection lost or timed out)")
+    return int(status.Status)
+
+
+class Dispatcher:
+    """Works through the outbox until stopped."""
+
+    def __init__(self, db: Database, storage_root: Path, calling_ae_title: str,
+                 destinations: dict[str, Destination], policy: outbox.DeliveryPolicy, name: str) -> None:
+        self.db = db
+        self.storage_root = storage_root
+        self.calling_ae_title = calling_ae_title
+        self.destinations = destinations
+        self.policy = policy
+        self.name = name
+
+    def deliver_one(self) -> bool:
+        """Send the next due delivery, if any; True when one was attempted."""
+        task = outbox.claim(self.db, self.name, self.policy)
+        if task is None:
+            return False
+        destination = self.destinations.get(task.destination)
+        if destination is None:
+            outbox.failed(self.db, task.id, f"destination {task.destination!r} is not configured", self.policy)
+            return True
+        try:
+            status = send_file(self.storage_root / task.path, destination, self.calling_ae_title)
+        except (PeerFailure, OSError) as exc:
+            when = outbox.failed(self.db, task.id, str(exc), self.policy)
+            log.warning("delivery %d of %s to %s failed: %s; next try at %s", task.id, task.sop_instance_uid,
+                        task.destination, exc, when)
+            return True
+        except Exception as exc:
+            outbox.failed(self.db, task.id, f"unexpected error: {exc!r}", self.policy)
+            log.exception("delivery %d failed unexpectedly", task.id)
+            return True
+        if status in _DELIVERED_STATUSES:
+            outbox.delivered(self.db, task.id, status)
+            log.info("delivered %s to %s (status 0x%04X)", task.sop_instance_uid, task.destination, status)
+        else:
+            outbox.failed(self.db, task.id, f"{destination.ae_title} answered status 0x{status:04X}", self.policy,
+                          status=status)
+        return True
+
+    def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> None:
+        while not stop.is_set():
+            try:
+                busy = self.deliver_one()
+            except Exception:
+                log.exception("the outbox is not reachable")
+                busy = False
+            if not busy:
+                stop.wait(poll_seconds)

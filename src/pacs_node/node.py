@@ -1,0 +1,49 @@
+"""The node service: the receiver, the settle loop that turns quiet series into jobs, and the sender."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from db import queue
+from db.engine import Database
+from pacs_node import scp
+from pacs_node.dispatch import Dispatcher
+
+log = logging.getLogger("ainode.node")
+
+
+class Node:
+    def __init__(self, receiver: scp.ReceiverConfig, db: Database, policy: queue.QueuePolicy,
+                 dispatcher: Dispatcher) -> None:
+        self.receiver_config = receiver
+        self.db = db
+        self.policy = policy
+        self.dispatcher = dispatcher
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._server = None
+
+    def _settle(self) -> None:
+        interval = min(1.0, max(0.1, self.policy.settle_seconds / 4))
+        while not self.stopping.is_set():
+            try:
+                for job_id in queue.enqueue_settled(self.db, self.policy):
+                    log.info("queued job %d", job_id)
+            except Exception:
+                log.exception("cannot queue settled series")
+            self.stopping.wait(interval)
+
+    def start(self) -> None:
+        self._server = scp.start(self.receiver_config, self.db)
+        for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
+            thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=35)

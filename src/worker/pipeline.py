@@ -1,0 +1,98 @@
+"""One job, start to finish: assemble → segment → post-process → encode SEG and SR → files on disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from db.errors import RejectedInput
+from db.queue import ClaimedJob, ResultFile
+from worker.geometry import assemble
+from worker.identity import OutputSettings, result_identity
+from worker.modelspec import ModelSpec
+from worker.network import Segmenter
+from worker.postprocess import clean
+from worker.seg import build_segmentation, present_labels
+from worker.sr import build_report
+
+StageReporter = Callable[[str, float, str], None]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    storage_root: Path
+    output: OutputSettings = field(default_factory=OutputSettings)
+
+
+def save_atomic(dataset: Dataset, target: Path) -> None:
+    """Write a DICOM file under its final name only once it is complete and on disk."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".result-", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            dataset.save_as(fh, enforce_file_format=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Pipeline:
+    def __init__(self, spec: ModelSpec, segmenter: Segmenter, config: PipelineConfig) -> None:
+        self.spec = spec
+        self.segmenter = segmenter
+        self.config = config
+        self.weights_digest = spec.weights_digest()
+
+    def process(self, job: ClaimedJob, report: StageReporter) -> list[ResultFile]:
+        @contextmanager
+        def stage(name: str) -> Iterator[list[str]]:
+            note: list[str] = []
+            start = time.perf_counter()
+            yield note
+            report(name, time.perf_counter() - start, "; ".join(note))
+
+        root = self.config.storage_root
+        with stage("assemble") as note:
+            volume = assemble([root / p for p in job.instance_paths], self.spec.min_slices)
+            if volume.modality != self.spec.modality:
+                raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
+                                    f"model {self.spec.name} takes {self.spec.modality}")
+            size = volume.image.GetSize()
+            note.append(f"{size[0]}x{size[1]}x{size[2]} at "
+                        + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm")
+        with stage("segment") as note:
+            labels = self.segmenter.segment(volume.image)
+            note.append(f"{self.spec.name} {self.spec.version} on {self.segmenter.device}")
+        with stage("postprocess") as note:
+            labels = clean(labels, self.spec.labels, volume.voxel_ml)
+            present = present_labels(self.spec, labels)
+            note.append(", ".join(f"{label.name} {float((labels == label.value).sum()) * volume.voxel_ml:.1f} mL"
+                                  for label in present) or "nothing found")
+        if not present:
+            return []
+        with stage("encode") as note:
+            identity = result_identity(self.spec, self.weights_digest,
+                                       [str(ds.SOPInstanceUID) for ds in volume.datasets])
+            seg = build_segmentation(volume, labels, self.spec, identity, self.config.output)
+            sr = build_report(volume, labels, seg, self.spec, identity, self.config.output)
+            folder = Path("results") / job.study_instance_uid / f"job-{job.id}"
+            results = []
+            for kind, dataset in (("SEG", seg), ("SR", sr)):
+                relative = folder / f"{kind}-{dataset.SOPInstanceUID}.dcm"
+                save_atomic(dataset, root / relative)
+                results.append(ResultFile(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
+                                          str(dataset.SeriesInstanceUID), str(relative)))
+            note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
+                        f"{len(seg.SegmentSequence)} segments; SR {len(present)} measurement groups")
+        return results

@@ -1,0 +1,91 @@
+"""The worker loop: claim a job, keep its lease alive while processing it, record the outcome."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass
+
+from db import queue
+from db.engine import Database
+from db.errors import RejectedInput
+from worker.pipeline import Pipeline
+
+log = logging.getLogger("ainode.worker")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    destinations: tuple[str, ...]
+    poll_seconds: float = 0.5
+
+
+class Worker:
+    def __init__(self, db: Database, policy: queue.QueuePolicy, pipeline: Pipeline, config: RunnerConfig,
+                 name: str | None = None) -> None:
+        self.db = db
+        self.policy = policy
+        self.pipeline = pipeline
+        self.config = config
+        self.name = name or worker_name()
+
+    def _heartbeat(self, job_id: int, done: threading.Event) -> None:
+        interval = max(0.2, self.policy.lease_seconds / 3)
+        while not done.wait(interval):
+            try:
+                if not queue.heartbeat(self.db, job_id, self.name, self.policy):
+                    log.warning("job %d is no longer ours (lease lost)", job_id)
+                    return
+            except Exception:
+                log.exception("heartbeat for job %d failed", job_id)
+
+    def run_one(self) -> bool:
+        """Process the next job, if any; True when one was processed."""
+        spec = self.pipeline.spec
+        job = queue.claim(self.db, self.name, self.policy, spec.name, spec.version)
+        if job is None:
+            return False
+        log.info("job %d: series %s, attempt %d", job.id, job.series_instance_uid, job.attempt)
+        done = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job.id, done), daemon=True)
+        beat.start()
+
+        def report(stage: str, seconds: float, message: str) -> None:
+            queue.record_stage(self.db, job.id, self.name, stage, seconds, message)
+
+        try:
+            results = self.pipeline.process(job, report)
+        except RejectedInput as exc:
+            done.set()
+            queue.fail(self.db, job.id, self.name, str(exc), self.policy, retry=False)
+            log.warning("job %d rejected: %s", job.id, exc)
+            return True
+        except Exception as exc:
+            done.set()
+            reason = f"{type(exc).__name__}: {exc}"
+            state = queue.fail(self.db, job.id, self.name, reason, self.policy, retry=True)
+            log.exception("job %d attempt %d failed (now %s)", job.id, job.attempt, state)
+            return True
+        done.set()
+        if queue.complete(self.db, job.id, self.name, results, list(self.config.destinations)):
+            log.info("job %d succeeded: %d objects", job.id, len(results))
+        else:
+            log.warning("job %d finished, but another worker holds it now; results not recorded", job.id)
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        log.info("worker %s ready (%s %s)", self.name, self.pipeline.spec.name, self.pipeline.spec.version)
+        while not stop.is_set():
+            try:
+                busy = self.run_one()
+            except Exception:
+                log.exception("the queue is not reachable")
+                busy = False
+            if not busy:
+                stop.wait(self.config.poll_seconds)

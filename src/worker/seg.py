@@ -1,0 +1,72 @@
+"""The DICOM Segmentation (BINARY, one segment per label present) on the exact source grid."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from worker.geometry import Volume
+from worker.identity import SOFTWARE_VERSION, OutputSettings, ResultIdentity
+from worker.modelspec import Code, LabelSpec, ModelSpec
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def algorithm(spec: ModelSpec) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(name=spec.name, family=codes.cid7162.ArtificialIntelligence,
+                                              version=spec.version)
+
+
+def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
+    return generate_uid(prefix=None, entropy_srcs=[identity.seg_sop_instance_uid, "segment", label.name])
+
+
+def describe(spec: ModelSpec, label: LabelSpec, number: int, identity: ResultIdentity) -> hd.seg.SegmentDescription:
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label.name,
+        segmented_property_category=coded(label.category),
+        segmented_property_type=coded(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm(spec),
+        tracking_uid=tracking_uid(identity, label),
+        tracking_id=label.name,
+        anatomic_regions=[coded(label.anatomic_region)] if label.anatomic_region else None,
+        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+
+
+def present_labels(spec: ModelSpec, labels: np.ndarray) -> list[LabelSpec]:
+    found = set(np.unique(labels).tolist())
+    return [label for label in spec.labels if label.value in found]
+
+
+def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, identity: ResultIdentity,
+                       settings: OutputSettings) -> hd.seg.Segmentation:
+    """A BINARY SEG whose segments are the labels present, numbered 1..n in the model's label order."""
+    present = present_labels(spec, labels)
+    remap = np.zeros(256, dtype=np.uint8)
+    for number, label in enumerate(present, start=1):
+        remap[label.value] = number
+    return hd.seg.Segmentation(
+        source_images=list(volume.datasets),
+        pixel_array=remap[labels],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[describe(spec, label, n, identity) for n, label in enumerate(present, start=1)],
+        series_instance_uid=identity.seg_series_instance_uid,
+        series_number=settings.seg_series_number,
+        sop_instance_uid=identity.seg_sop_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=spec.name[:64],
+        software_versions=(f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"),
+        device_serial_number=settings.device_serial_number,
+        content_label="AINODE",
+        content_description=f"{spec.name} {spec.version}"[:64],
+        content_creator_name="ainode",
+        series_description=settings.seg_series_description[:64],
+    )
