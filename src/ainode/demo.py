@@ -27,6 +27,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage, Verification
 from rich.console import Console
 
+from worker.metrics import dice
 from worker.phantom import LABEL_LESION, LABEL_LUNG, StudyIdentity, make_case, write_series
 
 SENDER_AE = "AINODE-DEMO"
@@ -40,15 +41,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], object], timeout: float, message: str, interval: float = 0.2) -> object:
-    """Poll ``condition`` until it returns something truthy; ``TimeoutError`` with ``message`` otherwise."""
+def wait_for(condition: Callable[[], object], timeout: float, message: str | Callable[[], str],
+             interval: float = 0.1) -> object:
+    """Poll ``condition`` until it returns something truthy; ``TimeoutError`` with ``message`` otherwise.
+
+    ``message`` may be a callable, so a failing wait can report the state it found (a log, a job row).
+    """
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{message} (after {timeout:.0f} s)")
+            text = message() if callable(message) else message
+            raise TimeoutError(f"{text} (after {timeout:.0f} s)")
         time.sleep(interval)
 
 
@@ -134,11 +140,6 @@ def seg_labels(seg_path: Path, source_uids: list[str], names: dict[str, int]) ->
         )
         out[masks[..., 0] > 0] = value
     return out
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def overlay_png(hu: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int, int, int]], path: Path) -> int:

@@ -17,6 +17,7 @@ import torch
 from monai.losses import DiceFocalLoss
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from worker.metrics import dice
 from worker.modelspec import ModelSpec
 from worker.network import Segmenter, build_network
 from worker.phantom import make_case
@@ -121,11 +122,6 @@ def train(spec: ModelSpec, out: Path, cases: int = 40, steps: int = 800, batch: 
     report = TrainingReport(steps, time.monotonic() - start, running)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {steps} steps in {report.seconds:.0f} s")
     return report
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def evaluate(spec: ModelSpec, cases: int = 5, seed: int = 0, device: str = "auto",
