@@ -6,13 +6,20 @@ same series with the same model again gives the same SEG and SR UIDs and a PACS 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-
-from pydicom.uid import generate_uid
 
 from worker.modelspec import ModelSpec
 
 SOFTWARE_VERSION = "0.1.0"
+
+
+_NAMESPACE = uuid.UUID("7f0b8f3e-5a8e-4c54-9d1e-6b1f0d2c9a11")
+
+
+def stable_uid(*parts: str) -> str:
+    """A UID under the UUID-derived root 2.25 that depends only on ``parts`` (RFC 4122 name-based)."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(0).join(parts)).int}"
 
 
 @dataclass(frozen=True)
@@ -39,12 +46,12 @@ def result_identity(spec: ModelSpec, weights_digest: str, source_sop_instance_ui
     sources = sorted(source_sop_instance_uids)
 
     def uid(*parts: str) -> str:
-        return generate_uid(prefix=None, entropy_srcs=[*model, *sources, *parts])
+        return stable_uid(*model, *sources, *parts)
 
     return ResultIdentity(
         seg_series_instance_uid=uid("SEG series"),
         seg_sop_instance_uid=uid("SEG instance"),
         sr_series_instance_uid=uid("SR series"),
         sr_sop_instance_uid=uid("SR instance"),
-        device_uid=generate_uid(prefix=None, entropy_srcs=["ainode device", *model]),
+        device_uid=stable_uid("ainode device", *model),
     )

@@ -15,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
+
+from worker.identity import stable_uid
 
 LABEL_LUNG = 1
 LABEL_LESION = 2
 
-UID_PREFIX = "1.2.826.0.1.3680043.10.1447."  # "ainode" sub-root of the pydicom-provided prefix space
 
 
 @dataclass(frozen=True)
@@ -240,13 +241,13 @@ class StudyIdentity:
 
     @classmethod
     def from_seed(cls, seed: int) -> "StudyIdentity":
-        src = [f"ainode-phantom-{seed}"]
+        src = f"ainode-phantom-{seed}"
         return cls(
             patient_id=f"PHANTOM-{seed:04d}",
             patient_name=f"Phantom^Seed{seed}",
-            study_instance_uid=generate_uid(UID_PREFIX, src + ["study"]),
-            series_instance_uid=generate_uid(UID_PREFIX, src + ["series"]),
-            frame_of_reference_uid=generate_uid(UID_PREFIX, src + ["for"]),
+            study_instance_uid=stable_uid(src, "study"),
+            series_instance_uid=stable_uid(src, "series"),
+            frame_of_reference_uid=stable_uid(src, "frame of reference"),
         )
 
 
@@ -261,7 +262,7 @@ def write_series(
     iop = [float(v) for v in np.concatenate([grid.direction[:, 0], grid.direction[:, 1]])]
     paths = []
     for k in range(grid.size[2]):
-        sop_uid = generate_uid(UID_PREFIX, [identity.series_instance_uid, str(k)])
+        sop_uid = stable_uid(identity.series_instance_uid, str(k))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid

@@ -5,10 +5,9 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from worker.geometry import Volume
-from worker.identity import SOFTWARE_VERSION, OutputSettings, ResultIdentity
+from worker.identity import SOFTWARE_VERSION, OutputSettings, ResultIdentity, stable_uid
 from worker.modelspec import Code, LabelSpec, ModelSpec
 
 
@@ -22,7 +21,7 @@ def algorithm(spec: ModelSpec) -> hd.AlgorithmIdentificationSequence:
 
 
 def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
-    return generate_uid(prefix=None, entropy_srcs=[identity.seg_sop_instance_uid, "segment", label.name])
+    return stable_uid(identity.seg_sop_instance_uid, "segment", label.name)
 
 
 def describe(spec: ModelSpec, label: LabelSpec, number: int, identity: ResultIdentity) -> hd.seg.SegmentDescription:

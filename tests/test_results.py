@@ -1,0 +1,79 @@
+"""SEG and SR built from a phantom's truth: read back with highdicom, frames on the source slices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.sr.codedict import codes
+
+from conftest import PhantomSeries
+from worker.geometry import assemble
+from worker.identity import OutputSettings, result_identity
+from worker.modelspec import load_spec
+from worker.pipeline import save_atomic
+from worker.seg import build_segmentation
+from worker.sr import build_report
+
+
+@pytest.fixture(scope="module")
+def built(small_series: PhantomSeries, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    spec = load_spec()
+    volume = assemble(small_series.paths, spec.min_slices)
+    labels = small_series.case.labels
+    identity = result_identity(spec, "digest", [str(ds.SOPInstanceUID) for ds in volume.datasets])
+    settings = OutputSettings(seg_series_number=77, seg_series_description="my seg")
+    seg = build_segmentation(volume, labels, spec, identity, settings)
+    sr = build_report(volume, labels, seg, spec, identity, settings)
+    folder = tmp_path_factory.mktemp("results")
+    save_atomic(seg, folder / "seg.dcm")
+    save_atomic(sr, folder / "sr.dcm")
+    return spec, volume, labels, identity, folder
+
+
+def test_seg_reads_back_onto_the_source_slices(built, small_series: PhantomSeries) -> None:  # type: ignore[no-untyped-def]
+    spec, volume, labels, identity, folder = built
+    seg = hd.seg.segread(folder / "seg.dcm")
+    assert seg.SegmentationType == "BINARY"
+    assert (seg.StudyInstanceUID, seg.SeriesNumber, seg.SeriesDescription) == (
+        small_series.identity.study_instance_uid, 77, "my seg")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == small_series.identity.series_instance_uid
+    uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    for description in seg.SegmentSequence:
+        value = {"Lung": 1, "Lesion": 2}[description.SegmentLabel]
+        assert description.SegmentedPropertyTypeCodeSequence[0].CodingSchemeDesignator == "SCT"
+        assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == spec.name
+        mask = seg.get_pixels_by_source_instance(uids, segment_numbers=[int(description.SegmentNumber)],
+                                                 assert_missing_frames_are_empty=True)[..., 0]
+        np.testing.assert_array_equal(mask > 0, labels == value)
+
+
+def test_sr_has_one_volumetric_group_per_segment_with_its_volume(built) -> None:  # type: ignore[no-untyped-def]
+    spec, volume, labels, identity, folder = built
+    sr = hd.sr.srread(folder / "sr.dcm")
+    assert sr.SOPInstanceUID == identity.sr_sop_instance_uid
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    seg = hd.seg.segread(folder / "seg.dcm")
+    numbers = {str(d.SegmentLabel): int(d.SegmentNumber) for d in seg.SegmentSequence}
+    for group in groups:
+        assert group.reference_type == codes.DCM.ReferencedSegment
+        name = str(group.tracking_identifier).split()[0]
+        segment = group.referenced_segment
+        assert segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert segment.referenced_segment_numbers == [numbers[name]]
+        assert (segment.source_series_for_segmentation.value
+                == volume.datasets[0].SeriesInstanceUID)
+        volume_ml = group.get_measurements(name=codes.SCT.Volume)[0].value
+        value = {"Lung": 1, "Lesion": 2}[name]
+        assert float(volume_ml) == pytest.approx((labels == value).sum() * volume.voxel_ml, rel=1e-3)
+
+
+def test_result_uids_are_stable_for_the_same_input_and_model(built) -> None:  # type: ignore[no-untyped-def]
+    spec, volume, labels, identity, folder = built
+    uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    assert result_identity(spec, "digest", list(reversed(uids))) == identity
+    assert result_identity(spec, "other weights", uids).seg_sop_instance_uid != identity.seg_sop_instance_uid
+    assert result_identity(spec, "digest", uids[:-1]).seg_sop_instance_uid != identity.seg_sop_instance_uid
