@@ -75,7 +75,7 @@ class StoreSCP:
     def start(self) -> "StoreSCP":
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [require("storescp"), "-aet", self.ae_title, "-od", str(self.folder), "-uf", str(self.port)],
+            [require("storescp"), "-aet", self.ae_title, "-od", str(self.folder), "-uf", "-fe", ".dcm", str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         wait_for(lambda: echoscu(self.port, self.ae_title, "PROBE"), 20, "storescp did not start")

@@ -1,0 +1,103 @@
+"""The receiver against real DCMTK peers (echoscu, storescu) and pynetdicom, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from ainode.demo import send_files
+from conftest import PhantomSeries, echoscu, free_port, storescu
+from db.engine import Database
+from db.models import Instance, Series
+from pacs_node.scp import ReceiverConfig, start
+
+
+@pytest.fixture()
+def receiver(tmp_path: Path, database: Database) -> Iterator[ReceiverConfig]:
+    config = ReceiverConfig("AINODE", "127.0.0.1", free_port(), ("STORESCU",), tmp_path / "store")
+    server = start(config, database)
+    yield config
+    server.shutdown()
+
+
+def count(db: Database, model: type) -> int:
+    with db.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(model)))
+
+
+def test_echo_and_an_allowed_caller_are_accepted_others_refused(receiver: ReceiverConfig) -> None:
+    assert echoscu(receiver.port, "AINODE", "STORESCU")
+    assert not echoscu(receiver.port, "AINODE", "INTRUDER")
+    assert not echoscu(receiver.port, "NOT-AINODE", "STORESCU"), "the called AE title must be ours"
+
+
+def test_a_series_is_on_disk_and_in_the_database_when_acknowledged(
+        receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    result = storescu(receiver.port, small_series.paths)
+    assert result.returncode == 0, result.stderr
+    with database.transaction() as session:
+        instances = session.scalars(select(Instance)).all()
+        series = session.scalar(select(Series))
+        assert len(instances) == len(small_series.paths) == series.instance_count
+        assert series.released_at is not None, "the association's end starts the settle time"
+        assert series.study.patient_id == small_series.identity.patient_id
+        for instance in instances:
+            stored = receiver.storage_root / instance.path
+            assert stored.stat().st_size == instance.size_bytes
+            assert instance.path.startswith(f"incoming/{small_series.identity.study_instance_uid}/")
+    assert not list(receiver.storage_root.rglob("*.part")), "no temporary files left"
+
+
+def test_the_same_instance_sent_twice_is_stored_once(receiver: ReceiverConfig, database: Database,
+                                                    small_series: PhantomSeries) -> None:
+    paths = small_series.paths[:5]
+    assert storescu(receiver.port, paths).returncode == 0
+    assert storescu(receiver.port, paths).returncode == 0
+    assert count(database, Instance) == 5
+    assert len(list(receiver.storage_root.rglob("*.dcm"))) == 5
+
+
+def test_a_truncated_dataset_gets_a_failure_status_and_the_server_keeps_serving(
+        tmp_path: Path, receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(small_series.paths[0].read_bytes()[:-20000])
+    statuses = send_files([truncated, small_series.paths[1]], receiver.port, calling="STORESCU")
+    assert statuses == [0xC210, 0x0000]
+    assert count(database, Instance) == 1
+    assert storescu(receiver.port, small_series.paths[2:4]).returncode == 0
+    assert count(database, Instance) == 3
+
+
+def test_a_disk_error_answers_out_of_resources_and_nothing_is_recorded(
+        receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    receiver.storage_root.mkdir(parents=True, exist_ok=True)
+    (receiver.storage_root / "incoming").write_text("a file where the folder should be")
+    statuses = send_files(small_series.paths[:2], receiver.port, calling="STORESCU")
+    assert statuses == [0xA700, 0xA700]
+    assert count(database, Instance) == 0
+    os.unlink(receiver.storage_root / "incoming")
+    assert send_files(small_series.paths[:2], receiver.port, calling="STORESCU") == [0, 0]
+    assert count(database, Instance) == 2
+
+
+def test_compressed_transfer_syntaxes_are_accepted_as_they_come(
+        tmp_path: Path, receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    """storescu sends JPEG-LS, JPEG 2000 and RLE files in their own transfer syntax."""
+    from pydicom import dcmread
+    from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+
+    syntaxes = {JPEGLSLossless: "-xt", JPEG2000Lossless: "-xv", RLELossless: "-xr"}
+    for n, (syntax, option) in enumerate(syntaxes.items()):
+        ds = dcmread(small_series.paths[10 + n])
+        ds.compress(syntax)
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path)
+        result = storescu(receiver.port, [path], extra=["-R", option])  # propose only that transfer syntax
+        assert result.returncode == 0, result.stderr
+    with database.transaction() as session:
+        stored = sorted(session.scalars(select(Instance.transfer_syntax_uid)).all())
+    assert stored == sorted(syntaxes)
