@@ -114,7 +114,8 @@ def train(spec: ModelSpec, out: Path, cases: int = 40, steps: int = 800, batch: 
             loss.backward()
             optimiser.step()
             schedule.step()
-            running = 0.95 * running + 0.05 * float(loss) if step else float(loss)
+            value = loss.item()
+            running = 0.95 * running + 0.05 * value if step else value
             progress.update(task, advance=1, info=f"loss {running:.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone() for k, v in network.state_dict().items()}

@@ -1,0 +1,33 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install demo test test-fast peers clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ainode needs Python 3.11, found " + sys.version.split()[0])'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+# DCMTK (storescu, storescp, echoscu) is the real DICOM peer the tests talk to.
+peers:
+	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk; }
+
+demo: install
+	$(BIN)/ainode demo
+
+test: install peers
+	$(BIN)/python -m pytest
+
+test-fast: install peers
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) demo-output .pytest_cache

@@ -1,0 +1,160 @@
+"""The whole node as a user runs it: ``ainode serve`` as a subprocess, DCMTK storescu sending a phantom
+series, DCMTK storescp receiving the SEG and SR. Marked slow; CI runs them."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.sr.codedict import codes
+from sqlalchemy import select
+
+from ainode.demo import seg_labels, send_files, wait_for
+from conftest import NodeProcess, PhantomSeries, StoreSCP, echoscu, phantom_series, storescu
+from db import monitor
+from db.models import Instance
+from worker.metrics import dice
+
+pytestmark = pytest.mark.slow
+LABELS = {"Lung": 1, "Lesion": 2}
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, StoreSCP]]:
+    root = tmp_path_factory.mktemp("e2e")
+    pacs = StoreSCP(root / "pacs").start()
+    node = NodeProcess(root / "node", pacs.port).serve()
+    yield node, pacs
+    node.stop()
+    pacs.stop()
+
+
+def job_for(node: NodeProcess, series_uid: str, states: tuple[str, ...]) -> monitor.JobRow | None:
+    db = node.database()
+    try:
+        rows = [r for r in monitor.jobs(db) if r.series_instance_uid == series_uid and r.state in states]
+    finally:
+        db.dispose()
+    return rows[0] if rows else None
+
+
+def results_for(pacs: StoreSCP, study_uid: str) -> dict[str, Path]:
+    found = {}
+    for path in pacs.files():
+        ds = dcmread(path, stop_before_pixels=True)
+        if ds.StudyInstanceUID == study_uid:
+            found[str(ds.Modality)] = path
+    return found
+
+
+def test_an_unknown_calling_ae_is_refused(running: tuple[NodeProcess, StoreSCP], small_series: PhantomSeries) -> None:
+    node, _ = running
+    assert echoscu(node.port, "AINODE", "STORESCU")
+    assert not echoscu(node.port, "AINODE", "INTRUDER")
+    refused = storescu(node.port, small_series.paths[:3], calling="INTRUDER")
+    assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr
+    db = node.database()
+    with db.transaction() as session:
+        assert session.scalars(select(Instance).where(Instance.calling_ae_title == "INTRUDER")).all() == []
+    db.dispose()
+
+
+def test_a_truncated_file_is_refused_and_the_next_series_is_still_processed(
+        tmp_path: Path, running: tuple[NodeProcess, StoreSCP]) -> None:
+    node, pacs = running
+    series = phantom_series(tmp_path / "series", seed=21)
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(series.paths[0].read_bytes()[:-5000])
+    assert send_files([truncated], node.port, calling="STORESCU") == [0xC210]
+    sent = storescu(node.port, series.paths)
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, series.identity.study_instance_uid)), 240,
+             lambda: f"no SEG and SR came back; jobs: {monitor_text(node)}\n{node.log_text()}")
+
+
+def monitor_text(node: NodeProcess) -> str:
+    db = node.database()
+    try:
+        return "\n".join(str(row) for row in monitor.jobs(db))
+    finally:
+        db.dispose()
+
+
+def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
+        running: tuple[NodeProcess, StoreSCP], small_series: PhantomSeries) -> None:
+    node, pacs = running
+    sent = storescu(node.port, small_series.paths)
+    assert sent.returncode == 0, sent.stderr
+    study = small_series.identity.study_instance_uid
+    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, study)), 240,
+             lambda: f"no SEG and SR came back; jobs: {monitor_text(node)}\n{node.log_text()}")
+    results = results_for(pacs, study)
+
+    returned = seg_labels(results["SEG"], small_series.sop_instance_uids, LABELS)
+    scores = {name: dice(returned == value, small_series.case.labels == value) for name, value in LABELS.items()}
+    print(f"Dice of the returned SEG: {scores}")
+    assert all(score >= 0.80 for score in scores.values()), scores
+
+    seg = hd.seg.segread(results["SEG"])
+    assert seg.StudyInstanceUID == study
+    assert {str(d.SegmentLabel) for d in seg.SegmentSequence} == set(LABELS)
+    sr = hd.sr.srread(results["SR"])
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2
+    for group in groups:
+        assert group.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert float(group.get_measurements(name=codes.SCT.Volume)[0].value) > 0
+
+    row = wait_for(lambda: job_for(node, small_series.identity.series_instance_uid, ("succeeded",)), 30,
+                   "the job is not recorded as succeeded")
+    assert row.attempts == 1 and row.instances == len(small_series.paths)
+    assert {"assemble", "segment", "postprocess", "encode"} <= set(row.stage_seconds)
+    db = node.database()
+    detail = monitor.job(db, row.id)
+    db.dispose()
+    assert detail is not None
+    wait_for(lambda: all(d[2] == "delivered" for d in (monitor_job(node, row.id).deliveries or [None])), 30,
+             "deliveries not recorded as delivered")
+
+
+def monitor_job(node: NodeProcess, job_id: int) -> monitor.JobDetail:
+    db = node.database()
+    try:
+        detail = monitor.job(db, job_id)
+        assert detail is not None
+        return detail
+    finally:
+        db.dispose()
+
+
+def test_a_killed_workers_job_is_finished_by_another_worker(
+        tmp_path: Path, pacs: StoreSCP, node_factory: Callable[..., NodeProcess],
+        small_series: PhantomSeries) -> None:
+    node = node_factory(pacs.port, workers=0, lease_seconds=3.0).serve()
+    first = node.worker()
+    wait_for(lambda: "ready" in node.log_text(), 90, "the first worker did not start")
+    sent = storescu(node.port, small_series.paths)
+    assert sent.returncode == 0, sent.stderr
+    series_uid = small_series.identity.series_instance_uid
+    row = wait_for(lambda: job_for(node, series_uid, ("running",)), 60, lambda: f"not claimed: {node.log_text()}")
+    assert monitor_job(node, row.id).lease_owner.endswith(f":{first.pid}")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(timeout=10)
+    second = node.worker()
+    done = wait_for(lambda: job_for(node, series_uid, ("succeeded", "failed")), 180,
+                    lambda: f"the job was not finished: {monitor_text(node)}\n{node.log_text()}")
+    assert done.state == "succeeded" and done.attempts == 2
+    detail = monitor_job(node, done.id)
+    kinds = [event[1] for event in detail.events]
+    assert "lease-expired" in kinds
+    claimers = [event[5] for event in detail.events if event[1] == "claimed"]
+    assert claimers[0].endswith(f":{first.pid}") and claimers[1].endswith(f":{second.pid}")
+    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, small_series.identity.study_instance_uid)), 60,
+             "the results of the taken-over job were not delivered")
+    assert np.all(np.isfinite([s for s in done.stage_seconds.values()]))
