@@ -37,7 +37,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection):  # type: ignore[no-untyped-def]
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get("ainode_read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class Database:
@@ -66,6 +67,14 @@ class Database:
         """A session in one transaction: committed on success, rolled back on any exception."""
         with self._sessions.begin() as session:
             yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session for reading only: on SQLite it does not take the write lock, so readers never wait."""
+        with self.engine.connect() as connection:
+            connection = connection.execution_options(ainode_read_only=True)
+            with Session(bind=connection) as session, connection.begin():
+                yield session
 
     def migrate(self) -> None:
         """Upgrade the schema to the newest migration (a no-op when it is already there)."""

@@ -39,7 +39,7 @@ class ReceivedInstance:
 
 
 def is_stored(db: Database, sop_instance_uid: str) -> bool:
-    with db.transaction() as session:
+    with db.read() as session:
         return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
 
 

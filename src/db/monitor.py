@@ -46,7 +46,7 @@ def _stage_seconds(session, job_ids: list[int]) -> dict[int, dict[str, float]]: 
 
 
 def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow]:
-    with db.transaction() as session:
+    with db.read() as session:
         query = (select(Job, Series, Study).join(Series, Job.series_id == Series.id)
                  .join(Study, Series.study_id == Study.id).order_by(Job.id.desc()).limit(limit))
         if state:
@@ -72,7 +72,7 @@ class JobDetail:
 
 
 def job(db: Database, job_id: int) -> JobDetail | None:
-    with db.transaction() as session:
+    with db.read() as session:
         found = session.get(Job, job_id)
         if found is None:
             return None
@@ -92,13 +92,13 @@ def job(db: Database, job_id: int) -> JobDetail | None:
 
 
 def counts(db: Database) -> dict[str, int]:
-    with db.transaction() as session:
+    with db.read() as session:
         return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
 
 
 def delivered_results(db: Database, job_id: int) -> list[str]:
     """SOP Instance UIDs of a job's results that reached every destination."""
-    with db.transaction() as session:
+    with db.read() as session:
         results = session.scalars(select(Result).where(Result.job_id == job_id)).all()
         return [r.sop_instance_uid for r in results
                 if r.deliveries and all(d.state == "delivered" for d in r.deliveries)]
