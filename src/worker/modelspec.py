@@ -87,6 +87,7 @@ class InferenceSpec(_Strict):
     sw_batch_size: int = Field(1, ge=1)
     overlap: float = Field(0.25, ge=0.0, lt=1.0)
     mode: Literal["gaussian", "constant"] = "gaussian"
+    padding_mode: Literal["replicate", "reflect", "constant"] = "replicate"
 
 
 class ModelSpec(_Strict):

@@ -69,7 +69,7 @@ class Segmenter:
         with torch.inference_mode():
             logits = sliding_window_inference(
                 tensor, roi_size=inf.roi_size, sw_batch_size=inf.sw_batch_size, predictor=self.network,
-                overlap=inf.overlap, mode=inf.mode,
+                overlap=inf.overlap, mode=inf.mode, padding_mode=inf.padding_mode,
             )
             return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
 

@@ -200,7 +200,7 @@ def random_grid(
         col_dir = np.array([0, np.cos(angle), np.sin(angle)])
     normal = np.cross(row_dir, col_dir)
     lung_extent = max(abs(lung.centre[2]) + lung.axes[2] for lung in phantom.lungs)
-    length = 2 * lung_extent + rng.uniform(30, 70)
+    length = 2 * lung_extent + rng.uniform(0, 70)
     slices = max(min_slices, int(np.ceil(length / thickness)))
     direction = np.stack([row_dir, col_dir, normal], axis=1)
     centre = phantom.centre + rng.uniform(-10, 10, size=3)

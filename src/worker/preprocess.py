@@ -32,11 +32,12 @@ def model_grid(image: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
 def to_model_space(image: sitk.Image, spec: PreprocessSpec) -> tuple[np.ndarray, sitk.Image]:
     """Windowed, [0, 1]-scaled intensities on the model grid (array z, y, x) and that grid."""
     grid = model_grid(image, spec)
-    resampled = sitk.Resample(
-        sitk.Cast(image, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, spec.window[0],
-        sitk.sitkFloat32,
-    )
-    array = sitk.GetArrayFromImage(resampled)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(grid)
+    resampler.SetInterpolator(sitk.sitkLinear)
+    resampler.SetOutputPixelType(sitk.sitkFloat32)
+    resampler.SetUseNearestNeighborExtrapolator(True)  # the grid's last row may reach past the last slice
+    array = sitk.GetArrayFromImage(resampler.Execute(sitk.Cast(image, sitk.sitkFloat32)))
     lo, hi = spec.window
     np.clip(array, lo, hi, out=array)
     array -= lo

@@ -57,10 +57,12 @@ def build_training_set(spec: ModelSpec, seeds: list[int], matrix: int) -> list[t
 
 def _crop(x: np.ndarray, y: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator,
           focus: int | None) -> tuple[np.ndarray, np.ndarray]:
-    pad = [(0, max(0, s - d)) for s, d in zip(size, x.shape)]
-    if any(p[1] for p in pad):
-        x = np.pad(x, pad, mode="constant", constant_values=0.0)
-        y = np.pad(y, pad, mode="constant", constant_values=0)
+    """A training patch; some reach past the volume's edge, padded by replication as inference pads."""
+    reach = [int(rng.integers(0, s // 4)) if rng.random() < 0.25 else 0 for s in size]
+    pad = [(r, r + max(0, s - d)) for r, s, d in zip(reach, size, x.shape)]
+    if any(a or b for a, b in pad):
+        x = np.pad(x, pad, mode="edge")
+        y = np.pad(y, pad, mode="edge")
     if focus is not None and (y == focus).any():
         points = np.argwhere(y == focus)
         centre = points[rng.integers(len(points))]
