@@ -84,9 +84,6 @@ class StoreSCP:
     def files(self) -> list[Path]:
         return sorted(self.folder.glob("*.dcm"))
 
-    def by_modality(self) -> dict[str, Path]:
-        return {str(dcmread(p, stop_before_pixels=True).Modality): p for p in self.files()}
-
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.terminate()

@@ -44,10 +44,22 @@ def job_for(node: NodeProcess, series_uid: str, states: tuple[str, ...]) -> moni
     return rows[0] if rows else None
 
 
+def delivered(node: NodeProcess, series_uid: str) -> bool:
+    """storescp answers only after writing the file, so a delivered result is complete on disk."""
+    row = job_for(node, series_uid, ("succeeded",))
+    if row is None:
+        return False
+    deliveries = monitor_job(node, row.id).deliveries
+    return bool(deliveries) and all(d[2] == "delivered" for d in deliveries)
+
+
 def results_for(pacs: StoreSCP, study_uid: str) -> dict[str, Path]:
     found = {}
     for path in pacs.files():
-        ds = dcmread(path, stop_before_pixels=True)
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except Exception:  # storescp is still writing it
+            continue
         if ds.StudyInstanceUID == study_uid:
             found[str(ds.Modality)] = path
     return found
@@ -74,8 +86,9 @@ def test_a_truncated_file_is_refused_and_the_next_series_is_still_processed(
     assert send_files([truncated], node.port, calling="STORESCU") == [0xC210]
     sent = storescu(node.port, series.paths)
     assert sent.returncode == 0, sent.stderr
-    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, series.identity.study_instance_uid)), 240,
+    wait_for(lambda: delivered(node, series.identity.series_instance_uid), 240,
              lambda: f"no SEG and SR came back; jobs: {monitor_text(node)}\n{node.log_text()}")
+    assert {"SEG", "SR"} <= set(results_for(pacs, series.identity.study_instance_uid))
 
 
 def monitor_text(node: NodeProcess) -> str:
@@ -92,7 +105,7 @@ def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
     sent = storescu(node.port, small_series.paths)
     assert sent.returncode == 0, sent.stderr
     study = small_series.identity.study_instance_uid
-    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, study)), 240,
+    wait_for(lambda: delivered(node, small_series.identity.series_instance_uid), 240,
              lambda: f"no SEG and SR came back; jobs: {monitor_text(node)}\n{node.log_text()}")
     results = results_for(pacs, study)
 
@@ -115,12 +128,9 @@ def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
                    "the job is not recorded as succeeded")
     assert row.attempts == 1 and row.instances == len(small_series.paths)
     assert {"assemble", "segment", "postprocess", "encode"} <= set(row.stage_seconds)
-    db = node.database()
-    detail = monitor.job(db, row.id)
-    db.dispose()
-    assert detail is not None
-    wait_for(lambda: all(d[2] == "delivered" for d in (monitor_job(node, row.id).deliveries or [None])), 30,
-             "deliveries not recorded as delivered")
+    detail = monitor_job(node, row.id)
+    assert [(d[0], d[1], d[2], d[4]) for d in detail.deliveries] == [("SEG", "pacs", "delivered", 0),
+                                                                   ("SR", "pacs", "delivered", 0)]
 
 
 def monitor_job(node: NodeProcess, job_id: int) -> monitor.JobDetail:
@@ -155,6 +165,6 @@ def test_a_killed_workers_job_is_finished_by_another_worker(
     assert "lease-expired" in kinds
     claimers = [event[5] for event in detail.events if event[1] == "claimed"]
     assert claimers[0].endswith(f":{first.pid}") and claimers[1].endswith(f":{second.pid}")
-    wait_for(lambda: {"SEG", "SR"} <= set(results_for(pacs, small_series.identity.study_instance_uid)), 60,
-             "the results of the taken-over job were not delivered")
+    wait_for(lambda: delivered(node, series_uid), 60, "the results of the taken-over job were not delivered")
+    assert {"SEG", "SR"} <= set(results_for(pacs, small_series.identity.study_instance_uid))
     assert np.all(np.isfinite([s for s in done.stage_seconds.values()]))
