@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from db.errors import RejectedInput
+from db.errors import RejectedInput, TransientFailure
 
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01  # fraction of the slice spacing a gap may differ from it
@@ -63,6 +63,8 @@ def read_headers(paths: list[Path]) -> list[Dataset]:
     for path in paths:
         try:
             headers.append(dcmread(path, stop_before_pixels=True))
+        except OSError as exc:
+            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
         except Exception as exc:
             raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
     return headers

@@ -1,0 +1,71 @@
+"""The model file, the adapter, and the bundled demo model's quality on fresh phantoms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from db.errors import ConfigurationError
+from worker.modelspec import DEMO_MODEL, load_spec
+from worker.network import Segmenter
+
+
+def write_model(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "model.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_demo_model_file_is_valid_and_its_weights_are_small() -> None:
+    spec = load_spec()
+    assert [label.name for label in spec.labels] == ["Lung", "Lesion"]
+    assert spec.weights_path.stat().st_size < 20 * 1024 * 1024
+    assert len(spec.weights_digest()) == 64
+
+
+@pytest.mark.parametrize(
+    ("replace", "expected"),
+    [
+        (('value = 2\n', 'value = 3\n'), "label values [1, 3] must be 1..2"),
+        (('spacing = [2.5, 2.5, 2.5]', 'spacing = [2.5, 0, 2.5]'), "spacing (2.5, 0.0, 2.5) must be positive"),
+        (('color = [128, 174, 128]', 'color = [300, 0, 0]'), "colour (300, 0, 0) must be three values in 0..255"),
+        (('strides = [2, 2, 2]', 'strides = [2, 2]'), "must have one entry fewer than channels"),
+        (('modality = "CT"', 'modality = "XA"'), "modality"),
+    ],
+)
+def test_a_bad_model_file_names_the_key(tmp_path: Path, replace: tuple[str, str], expected: str) -> None:
+    text = DEMO_MODEL.read_text()
+    assert replace[0] in text
+    with pytest.raises(ConfigurationError) as caught:
+        load_spec(write_model(tmp_path, text.replace(replace[0], replace[1], 1)))
+    assert expected in str(caught.value)
+
+
+def test_missing_or_mismatched_weights_are_configuration_errors(tmp_path: Path) -> None:
+    text = DEMO_MODEL.read_text()
+    with pytest.raises(ConfigurationError, match="do not exist"):
+        Segmenter(load_spec(write_model(tmp_path, text)), device="cpu")
+    (tmp_path / "weights.pt").write_bytes(DEMO_MODEL.with_name("weights.pt").read_bytes())
+    wider = text.replace("channels = [16, 32, 64, 128]", "channels = [8, 16, 32, 64]")
+    with pytest.raises(ConfigurationError, match="do not fit the architecture"):
+        Segmenter(load_spec(write_model(tmp_path, wider)), device="cpu")
+
+
+def test_asking_for_cuda_without_it_is_a_configuration_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigurationError, match="no CUDA device"):
+        Segmenter(load_spec(), device="cuda")
+
+
+@pytest.mark.slow
+def test_the_demo_model_reaches_its_dice_targets_on_fresh_phantoms() -> None:
+    from worker.training import evaluate
+
+    scores = evaluate(load_spec(), cases=3, seed=99, device="cpu")
+    print({name: [round(v, 3) for v in values] for name, values in scores.items()})
+    assert min(scores["Lung"]) >= 0.90
+    assert min(scores["Lesion"]) >= 0.80

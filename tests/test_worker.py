@@ -1,0 +1,102 @@
+"""The worker on a real database and real files: outcomes and reasons land on the job."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from conftest import PhantomSeries, phantom_series
+from db import ingest, queue
+from db.engine import Database
+from db.models import Delivery, Job, JobEvent, Result, utcnow
+from pacs_node.storage import instance_path
+from worker.modelspec import load_spec
+from worker.network import Segmenter
+from worker.pipeline import Pipeline, PipelineConfig
+from worker.runner import RunnerConfig, Worker
+
+POLICY = queue.QueuePolicy(settle_seconds=0, max_attempts=2, backoff_seconds=0)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter(load_spec(), device="cpu")
+
+
+def store(db: Database, root: Path, paths: list[Path]) -> None:
+    """Put files where the receiver would and record them as it would."""
+    past = utcnow() - dt.timedelta(seconds=10)
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        relative = instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, root / relative)
+        ingest.record_instance(db, ingest.ReceivedInstance(
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
+            str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
+        ingest.release_series(db, [ds.SeriesInstanceUID], now=past)
+    queue.enqueue_settled(db, POLICY)
+
+
+def run(db: Database, root: Path, segmenter: Segmenter) -> Job:
+    pipeline = Pipeline(segmenter.spec, segmenter, PipelineConfig(root))
+    assert Worker(db, POLICY, pipeline, RunnerConfig(("pacs",)), name="test-worker").run_one()
+    with db.read() as session:
+        return session.scalars(select(Job).order_by(Job.id.desc())).first()
+
+
+def test_a_good_series_succeeds_with_seg_sr_timings_and_deliveries(
+        tmp_path: Path, database: Database, small_series: PhantomSeries, segmenter: Segmenter) -> None:
+    store(database, tmp_path, small_series.paths)
+    job = run(database, tmp_path, segmenter)
+    assert (job.state, job.error, job.attempts) == ("succeeded", None, 1)
+    with database.read() as session:
+        results = session.scalars(select(Result).where(Result.job_id == job.id)).all()
+        stages = {e.stage: e.seconds for e in session.scalars(select(JobEvent).where(JobEvent.kind == "stage"))}
+        deliveries = session.scalars(select(Delivery)).all()
+    assert sorted(r.kind for r in results) == ["SEG", "SR"]
+    assert all((tmp_path / r.path).is_file() for r in results)
+    assert set(stages) == {"assemble", "segment", "postprocess", "encode"} and all(s > 0 for s in stages.values())
+    assert [(d.destination, d.state) for d in deliveries] == [("pacs", "pending"), ("pacs", "pending")]
+
+
+def test_a_series_with_a_missing_slice_is_rejected_with_the_reason(
+        tmp_path: Path, database: Database, segmenter: Segmenter) -> None:
+    series = phantom_series(tmp_path / "src", seed=31, matrix=64, slice_thickness=5.0)
+    del series.paths[30]
+    store(database, tmp_path / "root", series.paths)
+    job = run(database, tmp_path / "root", segmenter)
+    assert job.state == "rejected" and job.attempts == 1
+    assert job.error.startswith("uneven slice spacing: 10.00 mm between")
+
+
+def test_a_series_of_another_modality_is_rejected(tmp_path: Path, database: Database, segmenter: Segmenter) -> None:
+    series = phantom_series(tmp_path / "src", seed=32, matrix=64, slice_thickness=5.0)
+    for path in series.paths:
+        ds = pydicom.dcmread(path)
+        ds.Modality = "MR"
+        ds.save_as(path)
+    store(database, tmp_path / "root", series.paths)
+    job = run(database, tmp_path / "root", segmenter)
+    assert job.state == "rejected"
+    assert job.error == (f"series {series.identity.series_instance_uid} is MR; "
+                         "model ainode-demo-chest-ct takes CT")
+
+
+def test_a_file_gone_from_storage_is_retried_then_fails_with_the_reason(
+        tmp_path: Path, database: Database, small_series: PhantomSeries, segmenter: Segmenter) -> None:
+    store(database, tmp_path, small_series.paths)
+    shutil.rmtree(tmp_path / "incoming")
+    job = run(database, tmp_path, segmenter)
+    assert (job.state, job.attempts) == ("queued", 1), "storage trouble is worth another attempt"
+    assert "cannot be opened: No such file or directory" in job.error
+    job = run(database, tmp_path, segmenter)
+    assert (job.state, job.attempts) == ("failed", 2)
+    with database.read() as session:
+        kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
+    assert kinds == ["queued", "claimed", "retry", "claimed", "failed"]
