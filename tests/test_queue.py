@@ -48,6 +48,15 @@ def test_a_series_becomes_a_job_only_after_release_and_the_settle_time(database:
         assert (series.state, series.instance_count) == ("queued", 2)
 
 
+def test_series_left_receiving_by_a_stopped_node_settle_after_restart(database: Database) -> None:
+    t0 = utcnow() - dt.timedelta(seconds=60)
+    receive(database, "1.2.3.4", "1.2.3.4.1", t0)  # the association never ended: the node was killed
+    assert queue.enqueue_settled(database, POLICY) == []
+    assert ingest.release_abandoned(database, now=t0) == 1
+    assert len(queue.enqueue_settled(database, POLICY)) == 1
+    assert ingest.release_abandoned(database) == 0
+
+
 def test_a_resent_series_makes_no_new_job_but_new_instances_do(database: Database) -> None:
     settled_job(database)
     t1 = utcnow() - dt.timedelta(seconds=30)

@@ -9,7 +9,7 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from db.engine import Database
 from db.models import Instance, Series, Study, utcnow
@@ -79,3 +79,15 @@ def release_series(db: Database, series_instance_uids: Iterable[str], now: dt.da
         return
     with db.transaction() as session:
         session.execute(update(Series).where(Series.series_instance_uid.in_(uids)).values(released_at=now or utcnow()))
+
+
+def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:
+    """At start-up no association is open: series left receiving by a stopped node start settling now."""
+    with db.transaction() as session:
+        result = session.execute(
+            update(Series)
+            .where(Series.state == "receiving",
+                   or_(Series.released_at.is_(None), Series.released_at < Series.last_received_at))
+            .values(released_at=now or utcnow())
+        )
+        return int(result.rowcount or 0)

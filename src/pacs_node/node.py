@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from db import queue
+from db import ingest, queue
 from db.engine import Database
 from pacs_node import scp
 from pacs_node.dispatch import Dispatcher
@@ -35,6 +35,9 @@ class Node:
             self.stopping.wait(interval)
 
     def start(self) -> None:
+        abandoned = ingest.release_abandoned(self.db)
+        if abandoned:
+            log.info("%d series were still receiving when the node last stopped; they settle now", abandoned)
         self._server = scp.start(self.receiver_config, self.db)
         for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
             thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)
