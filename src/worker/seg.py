@@ -62,10 +62,10 @@ def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, iden
         instance_number=1,
         manufacturer=settings.manufacturer,
         manufacturer_model_name=spec.name[:64],
-        software_versions=(f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"),
+        software_versions=[f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"],  # type: ignore[arg-type]
         device_serial_number=settings.device_serial_number,
         content_label="AINODE",
         content_description=f"{spec.name} {spec.version}"[:64],
-        content_creator_name="ainode",
+        content_creator_name="ainode^",
         series_description=settings.seg_series_description[:64],
     )
