@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select
 
+from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, utcnow
 
@@ -25,7 +26,7 @@ class DeliveryPolicy:
     backoff_max_seconds: float = 300.0
 
     def backoff(self, attempts: int) -> dt.timedelta:
-        return dt.timedelta(seconds=min(self.backoff_max_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import and_, or_, select, update
 
+from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
 
@@ -29,7 +30,7 @@ class QueuePolicy:
     backoff_max_seconds: float = 600.0
 
     def backoff(self, attempts: int) -> dt.timedelta:
-        return dt.timedelta(seconds=min(self.backoff_max_seconds, self.backoff_seconds * 2 ** max(0, attempts - 1)))
+        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)
