@@ -9,7 +9,8 @@ import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
 
 from db.engine import Database
 from db.models import Instance, Series, Study, utcnow
@@ -44,32 +45,47 @@ def is_stored(db: Database, sop_instance_uid: str) -> bool:
 
 
 def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | None = None) -> bool:
-    """Insert the instance (and its study and series when new); False if it was already recorded."""
+    """Insert the instance (and its study and series when new); False if it was already recorded.
+
+    The common case — another instance of a series already known — is two statements and one commit,
+    because this runs before every C-STORE response.
+    """
     now = now or utcnow()
-    with db.transaction() as session:
-        if session.scalar(select(Instance.id).where(Instance.sop_instance_uid == item.sop_instance_uid)):
-            return False
-        study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
-        if study is None:
-            study = Study(study_instance_uid=item.study_instance_uid, patient_id=item.patient_id,
-                          patient_name=item.patient_name, study_date=item.study_date,
-                          accession_number=item.accession_number, study_description=item.study_description,
-                          created_at=now)
-            session.add(study)
-        series = session.scalar(select(Series).where(Series.series_instance_uid == item.series_instance_uid))
-        if series is None:
-            series = Series(study=study, series_instance_uid=item.series_instance_uid, modality=item.modality,
-                            series_number=item.series_number, series_description=item.series_description,
-                            state="receiving", instance_count=0, first_received_at=now)
-            session.add(series)
-        series.state = "receiving"
-        series.instance_count += 1
-        series.last_received_at = now
-        session.add(Instance(series=series, sop_instance_uid=item.sop_instance_uid,
-                             sop_class_uid=item.sop_class_uid, transfer_syntax_uid=item.transfer_syntax_uid,
-                             instance_number=item.instance_number, path=item.path, size_bytes=item.size_bytes,
-                             calling_ae_title=item.calling_ae_title, received_at=now))
-        return True
+    try:
+        with db.transaction() as session:
+            series_id = session.scalar(
+                update(Series).where(Series.series_instance_uid == item.series_instance_uid)
+                .values(state="receiving", instance_count=Series.instance_count + 1, last_received_at=now)
+                .returning(Series.id)
+            )
+            if series_id is None:
+                series_id = _new_series(session, item, now)
+            session.execute(insert(Instance).values(
+                series_id=series_id, sop_instance_uid=item.sop_instance_uid, sop_class_uid=item.sop_class_uid,
+                transfer_syntax_uid=item.transfer_syntax_uid, instance_number=item.instance_number,
+                path=item.path, size_bytes=item.size_bytes, calling_ae_title=item.calling_ae_title,
+                received_at=now))
+    except IntegrityError:
+        if is_stored(db, item.sop_instance_uid):
+            return False  # sent twice at the same moment: the other copy was recorded
+        raise
+    return True
+
+
+def _new_series(session, item: ReceivedInstance, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+    study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
+    if study is None:
+        study = Study(study_instance_uid=item.study_instance_uid, patient_id=item.patient_id,
+                      patient_name=item.patient_name, study_date=item.study_date,
+                      accession_number=item.accession_number, study_description=item.study_description,
+                      created_at=now)
+        session.add(study)
+    series = Series(study=study, series_instance_uid=item.series_instance_uid, modality=item.modality,
+                    series_number=item.series_number, series_description=item.series_description,
+                    state="receiving", instance_count=1, first_received_at=now, last_received_at=now)
+    session.add(series)
+    session.flush()
+    return int(series.id)
 
 
 def release_series(db: Database, series_instance_uids: Iterable[str], now: dt.datetime | None = None) -> None:
