@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ainode.demo import send_files
+from ainode.demo import send_files, wait_for
 from conftest import PhantomSeries, echoscu, free_port, storescu
 from db.engine import Database
 from db.models import Instance, Series
@@ -39,11 +39,16 @@ def test_a_series_is_on_disk_and_in_the_database_when_acknowledged(
         receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
     result = storescu(receiver.port, small_series.paths)
     assert result.returncode == 0, result.stderr
+
+    def released() -> bool:
+        with database.read() as session:
+            return session.scalar(select(Series.released_at)) is not None
+
+    wait_for(released, 10, "the association's end was not recorded on the series")
     with database.transaction() as session:
         instances = session.scalars(select(Instance)).all()
         series = session.scalar(select(Series))
         assert len(instances) == len(small_series.paths) == series.instance_count
-        assert series.released_at is not None, "the association's end starts the settle time"
         assert series.study.patient_id == small_series.identity.patient_id
         for instance in instances:
             stored = receiver.storage_root / instance.path
