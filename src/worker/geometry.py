@@ -70,6 +70,18 @@ def read_headers(paths: list[Path]) -> list[Dataset]:
     return headers
 
 
+def _single_slice_spacing(ds: Dataset) -> float:
+    """A lone slice has no neighbour: its extent along the normal is what the header says."""
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        try:
+            value = float(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            continue
+        if value > 0:
+            return value
+    return 1.0
+
+
 def sort_slices(headers: list[Dataset], min_slices: int) -> tuple[list[int], np.ndarray, float]:
     """Order of the slices along the normal, the direction matrix and the slice spacing.
 
@@ -112,6 +124,8 @@ def sort_slices(headers: list[Dataset], min_slices: int) -> tuple[list[int], np.
         raise RejectedInput(f"the series has {len(order)} slices; the model needs at least {min_slices}")
     d = distance[order]
     gaps = np.diff(d)
+    if len(order) == 1:
+        return order, np.stack([row, col, normal], axis=1), _single_slice_spacing(first)
     if np.any(gaps < 1e-3):
         k = int(np.argmax(gaps < 1e-3))
         raise RejectedInput(f"instances {_describe(headers[order[k]])} and {_describe(headers[order[k + 1]])} "

@@ -1,0 +1,78 @@
+"""Real scanner series against the reference conversions beside them in ../shared/data.
+
+Each reference NIfTI is read by SimpleITK, which turns it into LPS like ours; a reference that stacks
+its slices the other way is the same grid walked backwards, so it is compared after reversing it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import SHARED_DATA
+from worker.geometry import assemble
+
+D2N = SHARED_DATA / "dicom2nifti" / "tests" / "data"
+
+SINGLE_FRAME = [
+    "anatomical/001", "anatomical/001_implicit", "ge/anatomical/001", "ge/anatomical/001_implicit",
+    "ge/anatomical/001_single_slice", "hitachi/anatomical/001", "hitachi/anatomical/001_implicit",
+    "generic/anatomical/001", "generic/anatomical/001_implicit", "generic/anatomical/002_non_isotropic",
+    "generic/compressed/001", "generic/compressed_rle/001", "generic/compressed_jpegls/001",
+    "generic/compressed_j2k/001", "generic/compressed_jpeg/001", "failing/slicecount/001",
+]
+
+
+def files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        pytest.fail(f"{folder} is missing: ../shared/data must sit beside the clone")
+    return [p for p in sorted(folder.rglob("*")) if p.is_file()]
+
+
+def same_walk(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """``image`` reversed along k when the reference stacks its slices the other way."""
+    ours = np.reshape(image.GetDirection(), (3, 3))[:, 2]
+    theirs = np.reshape(reference.GetDirection(), (3, 3))[:, 2]
+    if float(ours @ theirs) >= 0:
+        return image
+    return sitk.Flip(image, [False, False, True], flipAboutOrigin=False)
+
+
+def assert_same(image: sitk.Image, reference: sitk.Image) -> None:
+    image = same_walk(image, reference)
+    assert image.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(image.GetSpacing(), reference.GetSpacing(), atol=0.01)
+    np.testing.assert_allclose(image.GetOrigin(), reference.GetOrigin(), atol=0.01)
+    np.testing.assert_allclose(image.GetDirection(), reference.GetDirection(), atol=1e-4)
+    ours, theirs = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(reference).astype(np.float64)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("case", SINGLE_FRAME)
+def test_single_frame_series_equal_their_reference(case: str) -> None:
+    folder = D2N / case
+    reference = sitk.ReadImage(str(folder) + "_ground_truth.nii.gz")
+    assert_same(assemble(files(folder)).image, reference)
+
+
+@pytest.mark.parametrize("number", range(2, 10))
+def test_every_transfer_syntax_decodes_to_the_uncompressed_pixels(number: int) -> None:
+    """dcm_qa_ts: one Siemens MR image in implicit and big endian, RLE, JPEG lossless (×2), JPEG-LS (×2)
+    and JPEG 2000, each against the explicit little endian original (1.dcm)."""
+    folder = SHARED_DATA / "dcm_qa_ts" / "In"
+    original = sitk.GetArrayFromImage(assemble([folder / "1.dcm"]).image)
+    decoded = sitk.GetArrayFromImage(assemble([folder / f"{number}.dcm"]).image)
+    assert original.any()
+    np.testing.assert_array_equal(decoded, original)
+
+
+@pytest.mark.parametrize("codec", ["compressed_rle", "compressed_jpegls", "compressed_j2k", "compressed_jpeg"])
+def test_every_codec_of_one_series_decodes_to_the_same_pixels(codec: str) -> None:
+    """The same MR series stored in JPEG 2000, RLE, JPEG-LS and JPEG lossless."""
+    j2k = sitk.GetArrayFromImage(assemble(files(D2N / "generic" / "compressed" / "001")).image)
+    other = sitk.GetArrayFromImage(assemble(files(D2N / "generic" / codec / "001")).image)
+    assert j2k.any()
+    np.testing.assert_array_equal(other, j2k)
