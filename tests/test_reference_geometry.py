@@ -24,6 +24,10 @@ SINGLE_FRAME = [
     "generic/compressed/001", "generic/compressed_rle/001", "generic/compressed_jpegls/001",
     "generic/compressed_j2k/001", "generic/compressed_jpeg/001", "failing/slicecount/001",
 ]
+MULTI_FRAME = [
+    "philips_enhanced/anatomical/001", "philips_enhanced/anatomical/001_implicit",
+    "siemens_multiframe/anatomical/001", "hyperfine/anatomical/001",
+]
 
 
 def files(folder: Path) -> list[Path]:
@@ -56,6 +60,27 @@ def test_single_frame_series_equal_their_reference(case: str) -> None:
     folder = D2N / case
     reference = sitk.ReadImage(str(folder) + "_ground_truth.nii.gz")
     assert_same(assemble(files(folder)).image, reference)
+
+
+@pytest.mark.parametrize("case", MULTI_FRAME)
+def test_multi_frame_objects_equal_their_reference(case: str) -> None:
+    """Enhanced MR objects assembled from their per-frame functional groups (position, rescale)."""
+    folder = D2N / case
+    reference = sitk.ReadImage(str(folder) + "_ground_truth.nii.gz")
+    volume = assemble(files(folder))
+    assert volume.multiframe
+    assert_same(volume.image, reference)
+
+
+@pytest.mark.parametrize("case", ["23x38x3", "24x38x3"])
+def test_legacy_converted_enhanced_ct_equals_its_single_frame_source(case: str) -> None:
+    folder = SHARED_DATA / "dcmqi" / "data" / "segmentations" / case
+    single = assemble(files(folder / "image")).image
+    multi = assemble(files(folder / "multiframe")).image
+    for ours, theirs in ((multi.GetSpacing(), single.GetSpacing()), (multi.GetOrigin(), single.GetOrigin()),
+                         (multi.GetDirection(), single.GetDirection())):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(multi), sitk.GetArrayFromImage(single))
 
 
 @pytest.mark.parametrize("number", range(2, 10))

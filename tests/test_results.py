@@ -77,3 +77,29 @@ def test_result_uids_are_stable_for_the_same_input_and_model(built) -> None:  # 
     assert result_identity(spec, "digest", list(reversed(uids))) == identity
     assert result_identity(spec, "other weights", uids).seg_sop_instance_uid != identity.seg_sop_instance_uid
     assert result_identity(spec, "digest", uids[:-1]).seg_sop_instance_uid != identity.seg_sop_instance_uid
+
+
+def test_a_seg_on_a_multi_frame_source_references_its_frames(tmp_path: Path) -> None:
+    """A Legacy Converted Enhanced CT (frames stored head to foot): the SEG's frames follow the source."""
+    from pydicom import dcmread
+
+    from conftest import phantom_series
+    from worker.identity import stable_uid
+
+    series = phantom_series(tmp_path / "src", seed=41, matrix=64, slice_thickness=5.0, orientation="FFS")
+    legacy = [dcmread(p) for p in reversed(series.paths)]
+    enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(legacy, stable_uid("lce series"), 5, stable_uid("lce"), 1)
+    enhanced.save_as(tmp_path / "enhanced.dcm")
+    spec = load_spec()
+    volume = assemble([tmp_path / "enhanced.dcm"], spec.min_slices)
+    assert volume.multiframe and [f.number for f in volume.frames][:2] != [1, 2]
+    labels = series.case.labels
+    identity = result_identity(spec, "digest", [enhanced.SOPInstanceUID])
+    seg = build_segmentation(volume, labels, spec, identity, OutputSettings())
+    save_atomic(seg, tmp_path / "seg.dcm")
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    numbers = {str(d.SegmentLabel): int(d.SegmentNumber) for d in seg.SegmentSequence}
+    frames = list(range(1, len(volume.frames) + 1))
+    mask = seg.get_pixels_by_source_frame(enhanced.SOPInstanceUID, frames, segment_numbers=[numbers["Lung"]],
+                                          assert_missing_frames_are_empty=True)[..., 0]
+    np.testing.assert_array_equal(mask > 0, (labels == 1)[::-1])

@@ -1,9 +1,11 @@
 """Series → volume: the one place that decides how stored instances become a 3D image.
 
-Slices are sorted along the slice normal (never by InstanceNumber), the spacing comes from every
-position (not the first two), the rescale of each slice is applied to that slice, and PatientPosition
-plays no part. What is clearly not one volume is refused with a reason that names the instances and the
-problem, because a mask drawn on a wrongly assembled volume would land on the wrong anatomy.
+Every source frame (a single-frame instance, or one frame of an Enhanced or Legacy Converted
+multi-frame object, read from its functional groups) gets a position, an orientation, a pixel spacing
+and its own rescale. Frames are sorted along the slice normal (never by InstanceNumber), the spacing
+comes from every position (not the first two), and PatientPosition plays no part. What is clearly not
+one volume is refused with a reason that names the instances and the problem, because a mask drawn on a
+wrongly assembled volume would land on the wrong anatomy.
 """
 
 from __future__ import annotations
@@ -24,15 +26,30 @@ IN_PLANE_TOLERANCE_MM = 0.01
 
 
 @dataclass(frozen=True)
-class Volume:
-    """A 3D image (HU or the modality's real values) and, for each of its slices, the source instance.
+class Frame:
+    """One 2D source frame and where it sits in patient space (LPS, mm)."""
 
-    ``datasets[k]`` is the header of the instance whose pixels are slice k of ``image``.
-    """
+    path: Path
+    dataset: Dataset
+    number: int | None  # 1-based frame number in a multi-frame instance; None for a single-frame one
+    position: np.ndarray
+    orientation: np.ndarray
+    pixel_spacing: np.ndarray
+    slope: float
+    intercept: float
+
+    @property
+    def name(self) -> str:
+        uid = str(self.dataset.get("SOPInstanceUID", "?"))
+        return uid if self.number is None else f"{uid} frame {self.number}"
+
+
+@dataclass(frozen=True)
+class Volume:
+    """A 3D image (HU or the modality's real values) and, for each of its slices, the source frame."""
 
     image: sitk.Image
-    datasets: tuple[Dataset, ...]
-    paths: tuple[Path, ...]
+    frames: tuple[Frame, ...]
 
     @property
     def voxel_ml(self) -> float:
@@ -40,13 +57,33 @@ class Volume:
 
     @property
     def modality(self) -> str:
-        return str(self.datasets[0].get("Modality", ""))
+        return str(self.frames[0].dataset.get("Modality", ""))
+
+    @property
+    def datasets(self) -> tuple[Dataset, ...]:
+        """The source instances, each once: in slice order for single-frame series."""
+        seen: dict[int, Dataset] = {}
+        for frame in self.frames:
+            seen.setdefault(id(frame.dataset), frame.dataset)
+        return tuple(seen.values())
+
+    @property
+    def multiframe(self) -> bool:
+        return self.frames[0].number is not None
+
+    def in_source_order(self, array: np.ndarray) -> np.ndarray:
+        """A (slices, rows, cols) array reordered as the source frames are stored (for a multi-frame SEG)."""
+        if not self.multiframe:
+            return array
+        out = np.empty_like(array)
+        for k, frame in enumerate(self.frames):
+            out[frame.number - 1] = array[k]  # type: ignore[operator]
+        return out
 
 
-def _floats(ds: Dataset, keyword: str, count: int, name: str) -> np.ndarray:
-    value = ds.get(keyword)
+def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
     try:
-        array = np.array([float(v) for v in value], dtype=np.float64)
+        array = np.array([float(v) for v in value], dtype=np.float64)  # type: ignore[attr-defined]
     except (TypeError, ValueError):
         array = np.array([])
     if array.shape != (count,) or not np.all(np.isfinite(array)):
@@ -54,20 +91,65 @@ def _floats(ds: Dataset, keyword: str, count: int, name: str) -> np.ndarray:
     return array
 
 
-def _describe(ds: Dataset) -> str:
-    return str(ds.get("SOPInstanceUID", "?"))
+def _group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
+    """A functional group for frame ``index``: per-frame first, then shared."""
+    for groups, i in (("PerFrameFunctionalGroupsSequence", index), ("SharedFunctionalGroupsSequence", 0)):
+        items = ds.get(groups)
+        if items and len(items) > i and sequence in items[i] and items[i][sequence].value:
+            return items[i][sequence][0]
+    return None
 
 
-def read_headers(paths: list[Path]) -> list[Dataset]:
-    headers = []
+def _rescale(item: Dataset | None) -> tuple[float, float]:
+    if item is None:
+        return 1.0, 0.0
+    slope = float(item.get("RescaleSlope", 1) or 1)
+    intercept = float(item.get("RescaleIntercept", 0) or 0)
+    return slope, intercept
+
+
+def frames_of(ds: Dataset, path: Path) -> list[Frame]:
+    """The frames of one instance, with their geometry from the header or the functional groups."""
+    uid = str(ds.get("SOPInstanceUID", path.name))
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise RejectedInput(f"instance {uid} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}), "
+                            "not a volume slice")
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    if count == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
+        slope, intercept = _rescale(ds)
+        return [Frame(path, ds, None,
+                      _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", uid),
+                      _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", uid),
+                      _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", uid), slope, intercept)]
+    frames = []
+    for i in range(count):
+        name = f"{uid} frame {i + 1}"
+        position = _group(ds, i, "PlanePositionSequence")
+        orientation = _group(ds, i, "PlaneOrientationSequence")
+        measures = _group(ds, i, "PixelMeasuresSequence")
+        if position is None or orientation is None or measures is None:
+            raise RejectedInput(f"instance {name} has no plane position, orientation or pixel measures in its "
+                                "functional groups")
+        transform = _group(ds, i, "PixelValueTransformationSequence")
+        slope, intercept = _rescale(transform if transform is not None else ds)
+        frames.append(Frame(path, ds, i + 1,
+                            _floats(position.get("ImagePositionPatient"), 3, "ImagePositionPatient", name),
+                            _floats(orientation.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name),
+                            _floats(measures.get("PixelSpacing"), 2, "PixelSpacing", name), slope, intercept))
+    return frames
+
+
+def read_frames(paths: list[Path]) -> list[Frame]:
+    frames = []
     for path in paths:
         try:
-            headers.append(dcmread(path, stop_before_pixels=True))
+            ds = dcmread(path, stop_before_pixels=True)
         except OSError as exc:
             raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
         except Exception as exc:
             raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
-    return headers
+        frames.extend(frames_of(ds, path))
+    return frames
 
 
 def _single_slice_spacing(ds: Dataset) -> float:
@@ -82,87 +164,112 @@ def _single_slice_spacing(ds: Dataset) -> float:
     return 1.0
 
 
-def sort_slices(headers: list[Dataset], min_slices: int) -> tuple[list[int], np.ndarray, float]:
-    """Order of the slices along the normal, the direction matrix and the slice spacing.
+def _refuse_several_volumes(frames: list[Frame], distance: np.ndarray) -> None:
+    """Several frames at each position of one object: time points, echoes or b-values, not one volume."""
+    rounded = np.round(distance, 2)
+    positions, counts = np.unique(rounded, return_counts=True)
+    if len(positions) > 1 and counts.min() > 1 and counts.min() == counts.max():
+        names = sorted({f.name.split(" frame")[0] for f in frames})
+        raise RejectedInput(f"{len(frames)} frames at {len(positions)} positions ({counts[0]} at each) in "
+                            f"{', '.join(names[:3])}: several volumes in one series (time points, echoes or "
+                            "b-values); not assembled as one volume")
 
-    Raises ``RejectedInput`` for multi-frame objects, mixed matrices or orientations, repeated
+
+def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.ndarray, float]:
+    """Order of the frames along the normal, the direction matrix and the slice spacing.
+
+    Raises ``RejectedInput`` for mixed matrices or orientations, several volumes in one object, repeated
     positions, sheared stacks (gantry tilt), uneven gaps (missing slices) and too few slices.
     """
-    for ds in headers:
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise RejectedInput(f"instance {_describe(ds)} is a multi-frame object; this version assembles "
-                                "single-frame series only")
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            raise RejectedInput(f"instance {_describe(ds)} is a colour image (SamplesPerPixel "
-                                f"{ds.SamplesPerPixel}), not a volume slice")
-    first = headers[0]
-    iop = _floats(first, "ImageOrientationPatient", 6, _describe(first))
+    first = frames[0]
+    iop = first.orientation
     row, col = iop[:3], iop[3:]
     normal = np.cross(row, col)
     if abs(np.linalg.norm(normal) - 1.0) > 1e-3:
-        raise RejectedInput(f"instance {_describe(first)}: ImageOrientationPatient {list(iop)} is not orthonormal")
-    matrix = (first.get("Rows"), first.get("Columns"))
-    spacing = _floats(first, "PixelSpacing", 2, _describe(first))
-    positions = []
-    for ds in headers:
-        name = _describe(ds)
+        raise RejectedInput(f"instance {first.name}: ImageOrientationPatient {list(iop)} is not orthonormal")
+    matrix = (first.dataset.get("Rows"), first.dataset.get("Columns"))
+    for frame in frames:
+        ds = frame.dataset
         if (ds.get("Rows"), ds.get("Columns")) != matrix:
-            raise RejectedInput(f"instance {name} is {ds.get('Rows')}x{ds.get('Columns')}, the series is "
+            raise RejectedInput(f"instance {frame.name} is {ds.get('Rows')}x{ds.get('Columns')}, the series is "
                                 f"{matrix[0]}x{matrix[1]}")
-        other = _floats(ds, "ImageOrientationPatient", 6, name)
-        if np.abs(other - iop).max() > ORIENTATION_TOLERANCE:
-            raise RejectedInput(f"instance {name} has orientation {list(other)}, the series {list(iop)}: "
-                                "more than one orientation in one series")
-        if np.abs(_floats(ds, "PixelSpacing", 2, name) - spacing).max() > 1e-4:
-            raise RejectedInput(f"instance {name} has PixelSpacing {list(ds.PixelSpacing)}, the series "
-                                f"{list(spacing)}")
-        positions.append(_floats(ds, "ImagePositionPatient", 3, name))
-    points = np.array(positions)
+        if np.abs(frame.orientation - iop).max() > ORIENTATION_TOLERANCE:
+            raise RejectedInput(f"instance {frame.name} has orientation {list(frame.orientation)}, the series "
+                                f"{list(iop)}: more than one orientation in one series")
+        if np.abs(frame.pixel_spacing - first.pixel_spacing).max() > 1e-4:
+            raise RejectedInput(f"instance {frame.name} has PixelSpacing {list(frame.pixel_spacing)}, the series "
+                                f"{list(first.pixel_spacing)}")
+    points = np.array([frame.position for frame in frames])
     distance = points @ normal
+    _refuse_several_volumes(frames, distance)
     order = [int(i) for i in np.argsort(distance, kind="stable")]
     if len(order) < min_slices:
         raise RejectedInput(f"the series has {len(order)} slices; the model needs at least {min_slices}")
+    direction = np.stack([row, col, normal], axis=1)
+    if len(order) == 1:
+        return order, direction, _single_slice_spacing(first.dataset)
     d = distance[order]
     gaps = np.diff(d)
-    if len(order) == 1:
-        return order, np.stack([row, col, normal], axis=1), _single_slice_spacing(first)
     if np.any(gaps < 1e-3):
         k = int(np.argmax(gaps < 1e-3))
-        raise RejectedInput(f"instances {_describe(headers[order[k]])} and {_describe(headers[order[k + 1]])} "
-                            f"are at the same position ({d[k]:.2f} mm along the normal): not one volume")
+        raise RejectedInput(f"instances {frames[order[k]].name} and {frames[order[k + 1]].name} are at the same "
+                            f"position ({d[k]:.2f} mm along the normal): not one volume")
     step = float(np.median(gaps))
     uneven = np.abs(gaps - step) > SPACING_TOLERANCE * step
     if np.any(uneven):
         k = int(np.argmax(uneven))
         raise RejectedInput(f"uneven slice spacing: {gaps[k]:.2f} mm between {d[k]:.2f} and {d[k + 1]:.2f} mm "
                             f"along the normal where {step:.2f} mm is expected (missing slice?) at instance "
-                            f"{_describe(headers[order[k + 1]])}")
+                            f"{frames[order[k + 1]].name}")
     offsets = points[order] - points[order[0]]
     shear = offsets - np.outer(offsets @ normal, normal)
     if np.abs(shear).max() > IN_PLANE_TOLERANCE_MM + 1e-3 * float(np.abs(d[-1] - d[0])):
         raise RejectedInput(f"the slices are shifted in plane by up to {np.abs(shear).max():.1f} mm along the "
                             "stack (gantry tilt or a sheared series); not supported in this version")
-    direction = np.stack([row, col, normal], axis=1)
     return order, direction, step
+
+
+def _read_single_frames(frames: list[Frame]) -> sitk.Image:
+    """Single-frame instances through GDCM, which decodes every codec and rescales each file itself."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([str(f.path) for f in frames])
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise RejectedInput(f"the pixel data of the series cannot be decoded: "
+                            f"{str(exc).strip().splitlines()[-1]}") from exc
+
+
+def _read_multi_frames(frames: list[Frame]) -> sitk.Image:
+    """Frames of multi-frame objects through pydicom, each with its own functional-group rescale."""
+    pixels: dict[Path, np.ndarray] = {}
+    slices = []
+    for frame in frames:
+        if frame.path not in pixels:
+            try:
+                array = dcmread(frame.path).pixel_array
+            except Exception as exc:
+                raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
+            pixels[frame.path] = array.reshape((-1, *array.shape[-2:]))
+        stored = pixels[frame.path][(frame.number or 1) - 1].astype(np.float32)
+        slices.append(stored * np.float32(frame.slope) + np.float32(frame.intercept))
+    return sitk.GetImageFromArray(np.stack(slices))
 
 
 def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
     """Read the stored files of one series into a volume with checked geometry."""
     if not paths:
         raise RejectedInput("the series has no stored instances")
-    headers = read_headers(paths)
-    order, direction, step = sort_slices(headers, min_slices)
-    ordered = [paths[i] for i in order]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(p) for p in ordered])
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise RejectedInput(f"the pixel data of the series cannot be decoded: {str(exc).strip().splitlines()[-1]}") from exc
-    first = headers[order[0]]
-    pixel = [float(v) for v in first.PixelSpacing]
-    image.SetSpacing((pixel[1], pixel[0], step))
-    image.SetOrigin(tuple(float(v) for v in first.ImagePositionPatient))
+    frames = read_frames(paths)
+    multiframe = [f for f in frames if f.number is not None]
+    if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
+        raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
+                            "multi-frame objects; assemble one object at a time")
+    order, direction, step = sort_frames(frames, min_slices)
+    ordered = [frames[i] for i in order]
+    image = _read_multi_frames(ordered) if multiframe else _read_single_frames(ordered)
+    image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), step))
+    image.SetOrigin(tuple(float(v) for v in ordered[0].position))
     image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))
-    return Volume(image, tuple(headers[i] for i in order), tuple(ordered))
+    return Volume(image, tuple(ordered))

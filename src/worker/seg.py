@@ -53,7 +53,7 @@ def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, iden
         remap[label.value] = number
     return hd.seg.Segmentation(
         source_images=list(volume.datasets),
-        pixel_array=remap[labels],
+        pixel_array=volume.in_source_order(remap[labels]),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[describe(spec, label, n, identity) for n, label in enumerate(present, start=1)],
         series_instance_uid=identity.seg_series_instance_uid,
