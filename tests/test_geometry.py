@@ -68,15 +68,40 @@ def test_two_instances_at_one_position_are_refused(tmp_path: Path) -> None:
         assemble(series.paths + [copy])
 
 
-def test_too_few_slices_and_mixed_orientations_are_refused(tmp_path: Path) -> None:
+def test_too_few_slices_are_refused(tmp_path: Path) -> None:
     series = phantom_series(tmp_path, seed=6, matrix=48, slice_thickness=5.0)
     with pytest.raises(RejectedInput, match="the model needs at least 500"):
         assemble(series.paths, min_slices=500)
+
+
+def test_a_slice_in_another_orientation_is_ignored_with_its_reason(tmp_path: Path) -> None:
+    series = phantom_series(tmp_path, seed=6, matrix=48, slice_thickness=5.0)
     ds = pydicom.dcmread(series.paths[0])
     ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
     ds.save_as(series.paths[0])
-    with pytest.raises(RejectedInput, match="more than one orientation"):
-        assemble(series.paths)
+    volume = assemble(series.paths)
+    assert volume.image.GetSize()[2] == len(series.paths) - 1
+    assert volume.ignored == (f"{ds.SOPInstanceUID}: orientation [1.0, 0.0, 0.0, 0.0, 0.0, -1.0] differs from "
+                              "the main stack's",)
+
+
+def test_localizers_and_non_image_objects_are_ignored(tmp_path: Path) -> None:
+    series = phantom_series(tmp_path, seed=7, matrix=48, slice_thickness=5.0)
+    scout = pydicom.dcmread(series.paths[5])
+    scout.SOPInstanceUID += ".9"
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.save_as(tmp_path / "scout.dcm")
+    report = pydicom.dcmread(series.paths[6], stop_before_pixels=True)
+    report.SOPInstanceUID += ".8"
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    report.save_as(tmp_path / "report.dcm")
+    volume = assemble(series.paths + [tmp_path / "scout.dcm", tmp_path / "report.dcm"])
+    assert volume.image.GetSize()[2] == len(series.paths)
+    assert sorted(volume.ignored) == sorted([
+        f"{scout.SOPInstanceUID}: a localizer (ImageType LOCALIZER)",
+        f"{report.SOPInstanceUID}: a Comprehensive 3D SR Storage object, not a CT, MR or PET image",
+    ])
 
 
 def test_a_sheared_stack_is_refused_not_assembled_wrongly(tmp_path: Path) -> None:
@@ -90,20 +115,33 @@ def test_a_sheared_stack_is_refused_not_assembled_wrongly(tmp_path: Path) -> Non
         assemble(series.paths)
 
 
-def test_real_scanner_data_with_a_missing_slice_is_refused(tmp_path: Path) -> None:
-    from conftest import SHARED_DATA
-
-    folder = SHARED_DATA / "dicom2nifti" / "tests" / "data" / "failing" / "sliceincrement" / "001"
-    if not folder.is_dir():
-        pytest.fail(f"{folder} is missing: ../shared/data must sit beside the clone")
-    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()]
-    with pytest.raises(RejectedInput, match="uneven slice spacing"):
-        assemble(paths)
-
-
 def test_an_unreadable_file_is_named(tmp_path: Path, small_series: PhantomSeries) -> None:
     bad = tmp_path / "bad.dcm"
     bad.write_bytes(b"not dicom at all")
     with pytest.raises(RejectedInput, match="bad.dcm cannot be read"):
         assemble([*small_series.paths[:3], bad])
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("case", "min_slices", "expected"),
+    [
+        ("failing/sliceorientation/001", 1, "more than one orientation in one series and no clear main stack"),
+        ("failing/notavolume/001", 1, "all 4 images are at one position (61.50 mm along the normal): not a volume"),
+        ("failing/slicecount/001", 16, "the series has 2 slices; the model needs at least 16"),
+        ("generic/rgb/001", 1, "no image volume in the series: "),
+        ("failing/sliceincrement/001", 1, "uneven slice spacing: "),
+    ],
+)
+def test_real_series_that_are_not_one_volume_are_refused_with_a_reason(case: str, min_slices: int,
+                                                                      expected: str) -> None:
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "dicom2nifti" / "tests" / "data" / case
+    if not folder.is_dir():
+        pytest.fail(f"{folder} is missing: ../shared/data must sit beside the clone")
+    with pytest.raises(RejectedInput) as caught:
+        assemble(sorted(p for p in folder.iterdir() if p.is_file()), min_slices)
+    assert expected in str(caught.value)
+    if case == "generic/rgb/001":
+        assert "a Secondary Capture Image Storage object, not a CT, MR or PET image" in str(caught.value)

@@ -106,3 +106,14 @@ def test_compressed_transfer_syntaxes_are_accepted_as_they_come(
     with database.transaction() as session:
         stored = sorted(session.scalars(select(Instance.transfer_syntax_uid)).all())
     assert stored == sorted(syntaxes)
+
+
+def test_objects_without_pixels_from_a_whole_study_are_stored_too(
+        tmp_path: Path, receiver: ReceiverConfig, database: Database) -> None:
+    """A PACS sends whole studies: an SR must not make its send fail; the worker later says why it is ignored."""
+    from conftest import SHARED_DATA
+
+    sr = SHARED_DATA / "dcmqi" / "data" / "sr-example" / "sr.dcm"
+    result = storescu(receiver.port, [sr])
+    assert result.returncode == 0, result.stderr
+    assert count(database, Instance) == 1

@@ -1,4 +1,4 @@
-"""The receiver: C-ECHO and C-STORE SCP.
+"""The receiver: C-ECHO and C-STORE SCP for every storage SOP class.
 
 Every instance is on disk (fsync) and committed in the database before the success status goes back.
 Unknown calling AE titles are refused at association. The handlers never raise: each problem becomes a
@@ -27,7 +27,7 @@ from pydicom.uid import (
     RLELossless,
     UID,
 )
-from pynetdicom import AE, evt
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
@@ -120,10 +120,16 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
-def _check_pixel_data(ds: Dataset, transfer_syntax: UID) -> None:
-    """Refuse a truncated or inconsistent Pixel Data element; pixels themselves are decoded later."""
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> None:
+    """Refuse a truncated or inconsistent Pixel Data element; pixels themselves are decoded later.
+
+    Objects without pixels (SR, KO, PR, RT…) are stored as they come: a PACS sends whole studies, and
+    the worker records why they are not part of a volume.
+    """
     if "PixelData" not in ds:
-        raise BadDataset("the dataset has no Pixel Data")
+        if sop_class_uid in IMAGE_STORAGE:
+            raise BadDataset("the dataset has no Pixel Data")
+        return
     for keyword in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel"):
         if not isinstance(ds.get(keyword), int) or ds.get(keyword) <= 0:
             raise BadDataset(f"{keyword} {ds.get(keyword)!r} is missing or not a positive number")
@@ -173,7 +179,7 @@ class Receiver:
                 return _status(DATASET_DOES_NOT_MATCH, f"SOPClassUID {ds.SOPClassUID} != request")
             study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
             series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            _check_pixel_data(ds, transfer_syntax)
+            _check_pixel_data(ds, transfer_syntax, sop_class_uid)
         except (InvalidUID, BadDataset) as exc:
             log.warning("refused an instance from %s: %s", calling, exc)
             return _status(CANNOT_UNDERSTAND, str(exc))
@@ -235,8 +241,8 @@ def make_ae(config: ReceiverConfig) -> AE:
     ae.require_called_aet = True
     ae.require_calling_aet = list(config.allowed_calling_ae_titles)
     ae.add_supported_context(Verification)
-    for sop_class in IMAGE_STORAGE:
-        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, list(TRANSFER_SYNTAXES))
     return ae
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from db.errors import RejectedInput, TransientFailure
 
@@ -50,6 +51,7 @@ class Volume:
 
     image: sitk.Image
     frames: tuple[Frame, ...]
+    ignored: tuple[str, ...] = ()
 
     @property
     def voxel_ml(self) -> float:
@@ -139,19 +141,6 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
     return frames
 
 
-def read_frames(paths: list[Path]) -> list[Frame]:
-    frames = []
-    for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True)
-        except OSError as exc:
-            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
-        except Exception as exc:
-            raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
-        frames.extend(frames_of(ds, path))
-    return frames
-
-
 def _single_slice_spacing(ds: Dataset) -> float:
     """A lone slice has no neighbour: its extent along the normal is what the header says."""
     for keyword in ("SpacingBetweenSlices", "SliceThickness"):
@@ -168,6 +157,9 @@ def _refuse_several_volumes(frames: list[Frame], distance: np.ndarray) -> None:
     """Several frames at each position of one object: time points, echoes or b-values, not one volume."""
     rounded = np.round(distance, 2)
     positions, counts = np.unique(rounded, return_counts=True)
+    if len(positions) == 1 and len(frames) > 1:
+        raise RejectedInput(f"all {len(frames)} images are at one position ({positions[0]:.2f} mm along the "
+                            "normal): not a volume")
     if len(positions) > 1 and counts.min() > 1 and counts.min() == counts.max():
         names = sorted({f.name.split(" frame")[0] for f in frames})
         raise RejectedInput(f"{len(frames)} frames at {len(positions)} positions ({counts[0]} at each) in "
@@ -257,11 +249,90 @@ def _read_multi_frames(frames: list[Frame]) -> sitk.Image:
     return sitk.GetImageFromArray(np.stack(slices))
 
 
+VOLUME_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
+    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
+}
+
+
+def _why_not_a_slice(ds: Dataset) -> str | None:
+    """Why an instance is not part of an image volume, or None when it may be."""
+    sop_class = UID(str(ds.get("SOPClassUID", "")))
+    if sop_class not in VOLUME_SOP_CLASSES:
+        return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
+    if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+        return "a localizer (ImageType LOCALIZER)"
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return f"a colour image ({ds.get('PhotometricInterpretation', 'SamplesPerPixel 3')})"
+    return None
+
+
+def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
+    found = []
+    for path in paths:
+        try:
+            found.append((path, dcmread(path, stop_before_pixels=True)))
+        except OSError as exc:
+            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
+        except Exception as exc:
+            raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
+    return found
+
+
+def _rounded(values: np.ndarray) -> list[float]:
+    return [round(float(v), 3) for v in values]
+
+
+def _main_stack(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
+    """Frames of the orientation most frames share; the others are ignored when the choice is clear."""
+    groups: list[list[Frame]] = []
+    for frame in frames:
+        for group in groups:
+            if np.abs(group[0].orientation - frame.orientation).max() <= ORIENTATION_TOLERANCE:
+                group.append(frame)
+                break
+        else:
+            groups.append([frame])
+    if len(groups) == 1:
+        return frames, []
+    groups.sort(key=len, reverse=True)
+    main, rest = groups[0], [f for g in groups[1:] for f in g]
+    if len(main) < 2 * len(rest) or len(main) < 3:
+        sizes = ", ".join(f"{len(g)} with orientation {_rounded(g[0].orientation)}" for g in groups)
+        raise RejectedInput(f"more than one orientation in one series and no clear main stack ({sizes})")
+    notes = [f"{f.name}: orientation {_rounded(f.orientation)} differs from the main stack's" for f in rest]
+    return main, notes
+
+
+def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
+    """The frames that make up the series' image volume, and a reason for every instance left out."""
+    frames: list[Frame] = []
+    ignored: list[str] = []
+    for path, ds in _read_headers(paths):
+        reason = _why_not_a_slice(ds)
+        if reason:
+            ignored.append(f"{ds.get('SOPInstanceUID', path.name)}: {reason}")
+            continue
+        frames.extend(frames_of(ds, path))
+    if not frames:
+        raise RejectedInput("no image volume in the series: " + "; ".join(ignored[:3])
+                            + (f" (and {len(ignored) - 3} more)" if len(ignored) > 3 else ""))
+    frames, off_axis = _main_stack(frames)
+    return frames, ignored + off_axis
+
+
 def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
     """Read the stored files of one series into a volume with checked geometry."""
     if not paths:
         raise RejectedInput("the series has no stored instances")
-    frames = read_frames(paths)
+    frames, ignored = select_frames(paths)
     multiframe = [f for f in frames if f.number is not None]
     if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
         raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
@@ -272,4 +343,4 @@ def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
     image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), step))
     image.SetOrigin(tuple(float(v) for v in ordered[0].position))
     image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))
-    return Volume(image, tuple(ordered))
+    return Volume(image, tuple(ordered), tuple(ignored))

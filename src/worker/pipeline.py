@@ -71,6 +71,9 @@ class Pipeline:
             size = volume.image.GetSize()
             note.append(f"{size[0]}x{size[1]}x{size[2]} at "
                         + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm")
+            if volume.ignored:
+                note.append(f"ignored {len(volume.ignored)}: " + "; ".join(volume.ignored[:5])
+                            + (" …" if len(volume.ignored) > 5 else ""))
         with stage("segment") as note:
             labels = self.segmenter.segment(volume.image)
             note.append(f"{self.spec.name} {self.spec.version} on {self.segmenter.device}")
