@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from conftest import PhantomSeries, phantom_series
 from db.errors import RejectedInput
-from worker.geometry import assemble
+from worker.geometry import assemble, tilt_degrees
 
 
 def check_geometry(series: PhantomSeries, paths: list[Path]) -> None:
@@ -104,15 +104,43 @@ def test_localizers_and_non_image_objects_are_ignored(tmp_path: Path) -> None:
     ])
 
 
-def test_a_sheared_stack_is_refused_not_assembled_wrongly(tmp_path: Path) -> None:
+def test_a_tilted_stack_is_assembled_on_its_acquired_sheared_grid(tmp_path: Path) -> None:
+    """Gantry tilt: slice k of the volume sits exactly where instance k was acquired."""
     series = phantom_series(tmp_path, seed=6, matrix=48, slice_thickness=5.0)
+    shift = 5.0 * np.tan(np.deg2rad(15))
     for k, path in enumerate(series.paths):
         ds = pydicom.dcmread(path)
         x, y, z = (float(v) for v in ds.ImagePositionPatient)
-        ds.ImagePositionPatient = [x, y + k * 5.0 * np.tan(np.deg2rad(15)), z]
+        ds.ImagePositionPatient = [x, y + k * shift, z]
         ds.save_as(path)
-    with pytest.raises(RejectedInput, match="gantry tilt"):
+    volume = assemble(series.paths)
+    assert tilt_degrees(volume.image) == pytest.approx(15.0, abs=0.01)
+    for k, frame in enumerate(volume.frames):
+        np.testing.assert_allclose(volume.image.TransformIndexToPhysicalPoint((0, 0, k)), frame.position, atol=1e-3)
+        row, col = frame.orientation[:3], frame.orientation[3:]
+        pixel = series.case.grid.spacing[0]
+        np.testing.assert_allclose(volume.image.TransformIndexToPhysicalPoint((7, 11, k)),
+                                   frame.position + 7 * pixel * row + 11 * pixel * col, atol=1e-3)
+
+
+def test_slices_shifted_unevenly_are_refused(tmp_path: Path) -> None:
+    series = phantom_series(tmp_path, seed=6, matrix=48, slice_thickness=5.0)
+    ds = pydicom.dcmread(series.paths[10])
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x + 3.0, y, z]
+    ds.save_as(series.paths[10])
+    with pytest.raises(RejectedInput, match="3.00 mm off the line through the other slice positions"):
         assemble(series.paths)
+
+
+def test_real_gantry_tilt_series_keeps_every_slice_where_it_was_acquired() -> None:
+    from conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "dicom2nifti" / "tests" / "data" / "failing" / "gantrytilting" / "001"
+    volume = assemble(sorted(folder.iterdir()))
+    assert tilt_degrees(volume.image) > 10
+    for k, frame in enumerate(volume.frames):
+        np.testing.assert_allclose(volume.image.TransformIndexToPhysicalPoint((0, 0, k)), frame.position, atol=1e-3)
 
 
 def test_an_unreadable_file_is_named(tmp_path: Path, small_series: PhantomSeries) -> None:

@@ -23,7 +23,7 @@ from db.errors import RejectedInput, TransientFailure
 
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01  # fraction of the slice spacing a gap may differ from it
-IN_PLANE_TOLERANCE_MM = 0.01
+IN_PLANE_TOLERANCE_MM = 0.05
 
 
 @dataclass(frozen=True)
@@ -170,8 +170,9 @@ def _refuse_several_volumes(frames: list[Frame], distance: np.ndarray) -> None:
 def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.ndarray, float]:
     """Order of the frames along the normal, the direction matrix and the slice spacing.
 
+    The third column of the direction follows the stack, which is not the normal when the gantry was tilted.
     Raises ``RejectedInput`` for mixed matrices or orientations, several volumes in one object, repeated
-    positions, sheared stacks (gantry tilt), uneven gaps (missing slices) and too few slices.
+    positions, unevenly shifted slices, uneven gaps (missing slices) and too few slices.
     """
     first = frames[0]
     iop = first.orientation
@@ -213,12 +214,18 @@ def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.nda
         raise RejectedInput(f"uneven slice spacing: {gaps[k]:.2f} mm between {d[k]:.2f} and {d[k + 1]:.2f} mm "
                             f"along the normal where {step:.2f} mm is expected (missing slice?) at instance "
                             f"{frames[order[k + 1]].name}")
-    offsets = points[order] - points[order[0]]
-    shear = offsets - np.outer(offsets @ normal, normal)
-    if np.abs(shear).max() > IN_PLANE_TOLERANCE_MM + 1e-3 * float(np.abs(d[-1] - d[0])):
-        raise RejectedInput(f"the slices are shifted in plane by up to {np.abs(shear).max():.1f} mm along the "
-                            "stack (gantry tilt or a sheared series); not supported in this version")
-    return order, direction, step
+    ordered = points[order]
+    stack = (ordered[-1] - ordered[0]) / (len(order) - 1)
+    expected = ordered[0] + np.outer(np.arange(len(order)), stack)
+    off_line = np.linalg.norm(ordered - expected, axis=1)
+    if off_line.max() > IN_PLANE_TOLERANCE_MM + 0.01 * step:
+        k = int(np.argmax(off_line))
+        raise RejectedInput(f"instance {frames[order[k]].name} is {off_line[k]:.2f} mm off the line through the "
+                            "other slice positions: the slices are shifted in plane unevenly, not one volume")
+    # A tilted gantry stacks slices along a direction that is not their normal: the acquired grid is
+    # sheared, and its third axis follows the stack so every voxel stays on its acquired slice.
+    direction = np.stack([row, col, stack / np.linalg.norm(stack)], axis=1)
+    return order, direction, float(np.linalg.norm(stack))
 
 
 def _read_single_frames(frames: list[Frame]) -> sitk.Image:
@@ -344,3 +351,10 @@ def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
     image.SetOrigin(tuple(float(v) for v in ordered[0].position))
     image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))
     return Volume(image, tuple(ordered), tuple(ignored))
+
+
+def tilt_degrees(image: sitk.Image) -> float:
+    """Angle between the stack direction and the slice normal (0 for an ordinary series)."""
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    return float(np.degrees(np.arccos(np.clip(abs(normal @ direction[:, 2]), 0.0, 1.0))))

@@ -15,17 +15,30 @@ from worker.modelspec import PreprocessSpec
 
 
 def model_grid(image: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
-    """An empty image on the model's grid covering the same extent as ``image``."""
-    oriented = sitk.DICOMOrient(image, spec.orientation)
-    in_spacing = np.array(oriented.GetSpacing())
+    """An empty image on the model's grid covering the physical extent of ``image``.
+
+    The grid is orthogonal and oriented as the model expects even when ``image`` is sheared (a tilted
+    gantry): its axes come from the slice plane, its extent from the corners of the acquired volume.
+    """
+    direction = np.reshape(image.GetDirection(), (3, 3))
+    row, col = direction[:, 0], direction[:, 1]
+    plane = np.stack([row, col, np.cross(row, col)], axis=1)
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)
+    probe.SetDirection(tuple(float(v) for v in plane.reshape(-1)))
+    axes = np.reshape(sitk.DICOMOrient(probe, spec.orientation).GetDirection(), (3, 3))
+    size = np.array(image.GetSize())
+    corners = np.array([[i, j, k] for i in (-0.5, size[0] - 0.5) for j in (-0.5, size[1] - 0.5)
+                        for k in (-0.5, size[2] - 0.5)])
+    physical = np.array([image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in c))
+                         for c in corners])
+    along = physical @ axes
+    low, high = along.min(axis=0), along.max(axis=0)
     out_spacing = np.array(spec.spacing)
-    size = [max(1, math.ceil(n * s / o)) for n, s, o in zip(oriented.GetSize(), in_spacing, out_spacing)]
-    direction = np.array(oriented.GetDirection()).reshape(3, 3)
-    origin = np.array(oriented.GetOrigin()) + direction @ ((out_spacing - in_spacing) / 2)
-    grid = sitk.Image(size, sitk.sitkUInt8)
+    out_size = [max(1, math.ceil((h - lo) / s - 1e-6)) for lo, h, s in zip(low, high, out_spacing)]
+    grid = sitk.Image(out_size, sitk.sitkUInt8)
     grid.SetSpacing(tuple(float(v) for v in out_spacing))
-    grid.SetDirection(oriented.GetDirection())
-    grid.SetOrigin(tuple(float(v) for v in origin))
+    grid.SetDirection(tuple(float(v) for v in axes.reshape(-1)))
+    grid.SetOrigin(tuple(float(v) for v in axes @ (low + out_spacing / 2)))
     return grid
 
 
