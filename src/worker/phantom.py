@@ -174,7 +174,7 @@ def random_phantom(
     )
 
 
-ORIENTATIONS = ("HFS", "FFS", "oblique")
+ORIENTATIONS = ("HFS", "FFS", "oblique")  # "tilt" (gantry tilt) only when asked for
 
 
 def random_grid(
@@ -187,6 +187,8 @@ def random_grid(
 ) -> tuple[Grid, str]:
     """A scan grid covering the lungs, and the PatientPosition that goes with it."""
     orientation = orientation or str(rng.choice(ORIENTATIONS, p=[0.6, 0.25, 0.15]))
+    if orientation not in (*ORIENTATIONS, "tilt"):
+        raise ValueError(f"orientation {orientation!r} is not one of {ORIENTATIONS + ('tilt',)}")
     thickness = slice_thickness or float(rng.choice([1.25, 2.0, 2.5, 3.0, 5.0]))
     fov = 2 * max(phantom.body_axes) + rng.uniform(20, 80)
     pixel = round(fov / matrix, 3)
@@ -198,11 +200,17 @@ def random_grid(
     elif orientation == "oblique":
         angle = np.deg2rad(rng.uniform(-12, 12))
         col_dir = np.array([0, np.cos(angle), np.sin(angle)])
-    normal = np.cross(row_dir, col_dir)
+    stack = np.cross(row_dir, col_dir)
+    if orientation == "tilt":
+        # gantry tilt: the image plane leans, the table (and so the stack) still moves along z
+        angle = np.deg2rad(rng.uniform(12, 25) * rng.choice([-1, 1]))
+        col_dir = np.array([0, np.cos(angle), -np.sin(angle)])
+        stack = np.array([0.0, 0.0, 1.0])
+    normal = stack
     lung_extent = max(abs(lung.centre[2]) + lung.axes[2] for lung in phantom.lungs)
     length = 2 * lung_extent + rng.uniform(0, 70)
     slices = max(min_slices, int(np.ceil(length / thickness)))
-    direction = np.stack([row_dir, col_dir, normal], axis=1)
+    direction = np.stack([row_dir, col_dir, normal / np.linalg.norm(normal)], axis=1)
     centre = phantom.centre + rng.uniform(-10, 10, size=3)
     extent = np.array([matrix * pixel, matrix * pixel, slices * thickness])
     spacing = (pixel, pixel, thickness)
@@ -324,10 +332,15 @@ class PhantomCase:
     phantom: Phantom
 
 
-def make_case(seed: int, **grid_options: object) -> PhantomCase:
+def make_case(seed: int, lesions: tuple[int, int] = (1, 4), **grid_options: object) -> PhantomCase:
     """The phantom scan for a seed: the same seed always gives the same case."""
     rng = np.random.default_rng(seed)
-    phantom = random_phantom(rng)
+    phantom = random_phantom(rng, lesions=lesions)
     grid, position = random_grid(rng, phantom, **grid_options)  # type: ignore[arg-type]
     hu, labels = render(phantom, grid, rng)
     return PhantomCase(hu, labels, grid, position, phantom)
+
+
+def lesion_centres(phantom: Phantom) -> list[np.ndarray]:
+    """Patient coordinates (LPS, mm) of each lesion's centre."""
+    return [phantom.centre + phantom.rotation @ lesion.centre for lesion in phantom.lesions]
