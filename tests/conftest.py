@@ -41,9 +41,9 @@ class PhantomSeries:
         return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.paths]
 
 
-def phantom_series(folder: Path, seed: int, **grid: object) -> PhantomSeries:
+def phantom_series(folder: Path, seed: int, lesions: tuple[int, int] = (1, 4), **grid: object) -> PhantomSeries:
     grid = {"matrix": 192, "slice_thickness": 3.0, "orientation": "HFS", **grid}
-    case = make_case(seed, **grid)  # type: ignore[arg-type]
+    case = make_case(seed, lesions=lesions, **grid)  # type: ignore[arg-type]
     identity = StudyIdentity.from_seed(seed)
     paths = write_series(case.hu, case.grid, identity, folder, case.patient_position)
     return PhantomSeries(case, identity, paths)

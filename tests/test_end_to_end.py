@@ -168,3 +168,39 @@ def test_a_killed_workers_job_is_finished_by_another_worker(
     wait_for(lambda: delivered(node, series_uid), 60, "the results of the taken-over job were not delivered")
     assert {"SEG", "SR"} <= set(results_for(pacs, small_series.identity.study_instance_uid))
     assert np.all(np.isfinite([s for s in done.stage_seconds.values()]))
+
+
+def seg_centre(path: Path, label: str) -> np.ndarray:
+    """Centre of a segment in patient coordinates, from the SEG's own plane positions and orientation."""
+    seg = dcmread(path)
+    number = next(int(d.SegmentNumber) for d in seg.SegmentSequence if d.SegmentLabel == label)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array(shared.PlaneOrientationSequence[0].ImageOrientationPatient, dtype=float)
+    spacing = np.array(shared.PixelMeasuresSequence[0].PixelSpacing, dtype=float)
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    points = []
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+            continue
+        origin = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
+        rows, cols = np.nonzero(frame)
+        points.append(origin + np.outer(cols * spacing[1], iop[:3]) + np.outer(rows * spacing[0], iop[3:]))
+    return np.concatenate(points).mean(axis=0)
+
+
+@pytest.mark.parametrize("orientation", ["tilt", "oblique", "FFS"])
+def test_a_sphere_comes_back_where_it_is_in_the_patient(
+        tmp_path: Path, running: tuple[NodeProcess, StoreSCP], orientation: str) -> None:
+    from worker.phantom import lesion_centres
+
+    node, pacs = running
+    series = phantom_series(tmp_path, seed=50 + ["tilt", "oblique", "FFS"].index(orientation), lesions=(1, 1),
+                            matrix=160, slice_thickness=2.5, orientation=orientation)
+    assert storescu(node.port, series.paths).returncode == 0
+    wait_for(lambda: delivered(node, series.identity.series_instance_uid), 240,
+             lambda: f"no SEG came back; jobs: {monitor_text(node)}\n{node.log_text()}")
+    truth = lesion_centres(series.case.phantom)[0]
+    found = seg_centre(results_for(pacs, series.identity.study_instance_uid)["SEG"], "Lesion")
+    voxel = max(series.case.grid.spacing)
+    print(f"{orientation}: lesion centre off by {np.round(found - truth, 2)} mm (one voxel: {voxel:.2f} mm)")
+    assert np.linalg.norm(found - truth) <= voxel
