@@ -20,19 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ainode.demo import echo, free_port, wait_for
-from worker.phantom import Grid, StudyIdentity, write_series
+from series import ct_series
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
-
-
-def make_series(folder: Path, slices: int) -> list[Path]:
-    rng = np.random.default_rng(0)
-    hu = rng.normal(0, 20, size=(slices, 512, 512)).astype(np.float32)
-    grid = Grid((512, 512, slices), (0.7, 0.7, 1.25), np.array([-180.0, -180.0, -200.0]), np.eye(3))
-    return write_series(hu, grid, StudyIdentity.from_seed(424242), folder)
 
 
 def send(port: int, called: str, paths: list[Path]) -> float:
@@ -86,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        paths = make_series(work / "series", args.slices)
+        paths = ct_series(work / "series", args.slices)
         megabytes = sum(p.stat().st_size for p in paths) / 1e6
         print(f"series: {len(paths)} instances of 512x512, {megabytes:.0f} MB; {args.rounds} interleaved rounds")
         times: dict[str, list[float]] = {"storescp (DCMTK)": [], "ainode serve": []}

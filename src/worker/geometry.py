@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from db.errors import RejectedInput, TransientFailure
 
@@ -228,32 +228,73 @@ def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.nda
     return order, direction, float(np.linalg.norm(stack))
 
 
-def _read_single_frames(frames: list[Frame]) -> sitk.Image:
-    """Single-frame instances through GDCM, which decodes every codec and rescales each file itself."""
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([str(f.path) for f in frames])
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise RejectedInput(f"the pixel data of the series cannot be decoded: "
-                            f"{str(exc).strip().splitlines()[-1]}") from exc
+_NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
 
-def _read_multi_frames(frames: list[Frame]) -> sitk.Image:
-    """Frames of multi-frame objects through pydicom, each with its own functional-group rescale."""
-    pixels: dict[Path, np.ndarray] = {}
-    slices = []
+def _stored_values(ds: Dataset) -> np.ndarray:
+    """Stored values of every frame, (frames, rows, cols). Native little endian is read straight from
+    the bytes (pydicom's general decoder costs ~3 ms a slice); everything else goes through pydicom."""
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    shape = (frames, int(ds.Rows), int(ds.Columns))
+    if syntax in _NATIVE_LITTLE_ENDIAN and allocated in (8, 16, 32) and int(ds.get("SamplesPerPixel", 1)) == 1:
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
+        count = int(np.prod(shape))
+        array = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(shape)
+        if stored < allocated:
+            shift = allocated - stored
+            array = (array << shift) >> shift if signed else array & ((1 << stored) - 1)
+        return array
+    array = ds.pixel_array
+    return array.reshape((-1, *array.shape[-2:]))
+
+
+def _output_type(frames: list[Frame]) -> type:
+    """int16 when every real value fits (CT with slope 1 and an integer intercept): half the memory of
+    float32, and the model's resampling reads it directly."""
+    ds = frames[0].dataset
+    if any(f.slope != 1.0 or f.intercept != int(f.intercept) for f in frames):
+        return np.float32
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    shifts = [int(f.intercept) for f in frames]
+    if low + min(shifts) >= -32768 and high + max(shifts) <= 32767:
+        return np.int16
+    return np.float32
+
+
+def _read_pixels(frames: list[Frame]) -> sitk.Image:
+    """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
+    with its own slope and intercept, into one array in slice order (int16 or float32)."""
+    first = frames[0].dataset
+    out = np.empty((len(frames), int(first.Rows), int(first.Columns)), dtype=_output_type(frames))
+    multiframe: dict[int, np.ndarray] = {}  # decoded once, used for each of its frames
+    for k, frame in enumerate(frames):
+        key = id(frame.dataset)
+        try:
+            stored = multiframe.get(key)
+            if stored is None:
+                stored = _stored_values(frame.dataset)
+                if frame.number is not None:
+                    multiframe[key] = stored
+                else:
+                    del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
+        except Exception as exc:
+            raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
+        values = stored[(frame.number or 1) - 1]
+        if out.dtype == np.int16:
+            np.add(values, np.int32(frame.intercept), out=out[k], casting="unsafe")
+        else:
+            np.multiply(values, np.float32(frame.slope), out=out[k], casting="unsafe")
+            out[k] += np.float32(frame.intercept)
     for frame in frames:
-        if frame.path not in pixels:
-            try:
-                array = dcmread(frame.path).pixel_array
-            except Exception as exc:
-                raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
-            pixels[frame.path] = array.reshape((-1, *array.shape[-2:]))
-        stored = pixels[frame.path][(frame.number or 1) - 1].astype(np.float32)
-        slices.append(stored * np.float32(frame.slope) + np.float32(frame.intercept))
-    return sitk.GetImageFromArray(np.stack(slices))
+        if "PixelData" in frame.dataset:
+            del frame.dataset.PixelData
+    return sitk.GetImageFromArray(out)
 
 
 VOLUME_SOP_CLASSES = {
@@ -285,7 +326,7 @@ def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
     found = []
     for path in paths:
         try:
-            found.append((path, dcmread(path, stop_before_pixels=True)))
+            found.append((path, dcmread(path, defer_size=4096)))  # pixels are read when decoded
         except OSError as exc:
             raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
         except Exception as exc:
@@ -346,7 +387,7 @@ def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
                             "multi-frame objects; assemble one object at a time")
     order, direction, step = sort_frames(frames, min_slices)
     ordered = [frames[i] for i in order]
-    image = _read_multi_frames(ordered) if multiframe else _read_single_frames(ordered)
+    image = _read_pixels(ordered)
     image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), step))
     image.SetOrigin(tuple(float(v) for v in ordered[0].position))
     image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))

@@ -50,7 +50,7 @@ def to_model_space(image: sitk.Image, spec: PreprocessSpec) -> tuple[np.ndarray,
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     resampler.SetUseNearestNeighborExtrapolator(True)  # the grid's last row may reach past the last slice
-    array = sitk.GetArrayFromImage(resampler.Execute(sitk.Cast(image, sitk.sitkFloat32)))
+    array = sitk.GetArrayFromImage(resampler.Execute(image))
     lo, hi = spec.window
     np.clip(array, lo, hi, out=array)
     array -= lo
