@@ -101,3 +101,20 @@ def test_every_codec_of_one_series_decodes_to_the_same_pixels(codec: str) -> Non
     other = sitk.GetArrayFromImage(assemble(files(D2N / "generic" / codec / "001")).image)
     assert j2k.any()
     np.testing.assert_array_equal(other, j2k)
+
+
+def test_a_multi_frame_object_holding_several_volumes_is_refused(tmp_path: Path) -> None:
+    """Frames 5-8 of the Philips object moved onto the positions of frames 1-4: two volumes, not one."""
+    import pydicom
+
+    from db.errors import RejectedInput
+
+    (source,) = files(D2N / "philips_enhanced" / "anatomical" / "001")
+    ds = pydicom.dcmread(source)
+    frames = ds.PerFrameFunctionalGroupsSequence
+    for n in range(4):
+        frames[n + 4].PlanePositionSequence[0].ImagePositionPatient = list(
+            frames[n].PlanePositionSequence[0].ImagePositionPatient)
+    ds.save_as(tmp_path / "two-volumes.dcm")
+    with pytest.raises(RejectedInput, match=r"8 frames at 4 positions \(2 at each\) .* several volumes in one series"):
+        assemble([tmp_path / "two-volumes.dcm"])
