@@ -130,7 +130,8 @@ def worker(config: ConfigOption = None, verbose: bool = False) -> None:
         segmenter = Segmenter(spec, settings.worker.device, settings.worker.threads)
     except ConfigurationError as exc:
         _fail(str(exc))
-    pipeline = Pipeline(spec, segmenter, PipelineConfig(settings.storage.root.resolve(), settings.output_settings()))
+    pipeline = Pipeline(spec, segmenter, PipelineConfig(settings.storage.root.resolve(), settings.output_settings(),
+                                                        settings.worker.interpolate_missing_slices))
     stop = threading.Event()
     _stop_on_signals(stop)
     Worker(db, settings.queue_policy(), pipeline,

@@ -79,6 +79,7 @@ class WorkerSection(_Section):
     count: int = Field(1, ge=0, le=64)
     threads: int | None = Field(None, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
+    interpolate_missing_slices: int = Field(0, ge=0, le=3)
 
     @field_validator("device")
     @classmethod

@@ -52,6 +52,11 @@ class Volume:
     image: sitk.Image
     frames: tuple[Frame, ...]
     ignored: tuple[str, ...] = ()
+    slots: tuple[int, ...] = ()  # slice of the image holding each frame; the others were interpolated
+
+    @property
+    def interpolated(self) -> int:
+        return self.image.GetSize()[2] - len(self.frames)
 
     @property
     def voxel_ml(self) -> float:
@@ -74,7 +79,10 @@ class Volume:
         return self.frames[0].number is not None
 
     def in_source_order(self, array: np.ndarray) -> np.ndarray:
-        """A (slices, rows, cols) array reordered as the source frames are stored (for a multi-frame SEG)."""
+        """The slices of a (slices, rows, cols) array that lie on source frames, in the order the frames are
+        stored (one per single-frame instance, or a multi-frame object's frame order): what a SEG needs."""
+        if self.slots and len(self.slots) != array.shape[0]:
+            array = array[list(self.slots)]
         if not self.multiframe:
             return array
         out = np.empty_like(array)
@@ -167,9 +175,21 @@ def _refuse_several_volumes(frames: list[Frame], distance: np.ndarray) -> None:
                             "b-values); not assembled as one volume")
 
 
-def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.ndarray, float]:
+@dataclass(frozen=True)
+class Stack:
+    """How the sorted frames make a grid: their order, the grid's direction and spacing, and the slot
+    (slice index) of each frame; slots without a frame are interpolated missing slices."""
+
+    order: list[int]
+    direction: np.ndarray
+    spacing: float
+    slots: list[int]
+
+
+def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> Stack:
     """Order of the frames along the normal, the direction matrix and the slice spacing.
 
+    ``max_missing`` > 0 accepts gaps of up to that many missing slices, to be interpolated.
     The third column of the direction follows the stack, which is not the normal when the gantry was tilted.
     Raises ``RejectedInput`` for mixed matrices or orientations, several volumes in one object, repeated
     positions, unevenly shifted slices, uneven gaps (missing slices) and too few slices.
@@ -200,7 +220,7 @@ def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.nda
         raise RejectedInput(f"the series has {len(order)} slices; the model needs at least {min_slices}")
     direction = np.stack([row, col, normal], axis=1)
     if len(order) == 1:
-        return order, direction, _single_slice_spacing(first.dataset)
+        return Stack(order, direction, _single_slice_spacing(first.dataset), [0])
     d = distance[order]
     gaps = np.diff(d)
     if np.any(gaps < 1e-3):
@@ -208,15 +228,18 @@ def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.nda
         raise RejectedInput(f"instances {frames[order[k]].name} and {frames[order[k + 1]].name} are at the same "
                             f"position ({d[k]:.2f} mm along the normal): not one volume")
     step = float(np.median(gaps))
+    multiples = np.rint(gaps / step)
     uneven = np.abs(gaps - step) > SPACING_TOLERANCE * step
-    if np.any(uneven):
-        k = int(np.argmax(uneven))
+    fillable = (np.abs(gaps - multiples * step) <= SPACING_TOLERANCE * step) & (multiples - 1 <= max_missing)
+    if np.any(uneven & ~fillable):
+        k = int(np.argmax(uneven & ~fillable))
         raise RejectedInput(f"uneven slice spacing: {gaps[k]:.2f} mm between {d[k]:.2f} and {d[k + 1]:.2f} mm "
                             f"along the normal where {step:.2f} mm is expected (missing slice?) at instance "
                             f"{frames[order[k + 1]].name}")
+    slots = [0, *np.cumsum(multiples).astype(int).tolist()]
     ordered = points[order]
-    stack = (ordered[-1] - ordered[0]) / (len(order) - 1)
-    expected = ordered[0] + np.outer(np.arange(len(order)), stack)
+    stack = (ordered[-1] - ordered[0]) / slots[-1]
+    expected = ordered[0] + np.outer(np.array(slots), stack)
     off_line = np.linalg.norm(ordered - expected, axis=1)
     if off_line.max() > IN_PLANE_TOLERANCE_MM + 0.01 * step:
         k = int(np.argmax(off_line))
@@ -225,7 +248,7 @@ def sort_frames(frames: list[Frame], min_slices: int) -> tuple[list[int], np.nda
     # A tilted gantry stacks slices along a direction that is not their normal: the acquired grid is
     # sheared, and its third axis follows the stack so every voxel stays on its acquired slice.
     direction = np.stack([row, col, stack / np.linalg.norm(stack)], axis=1)
-    return order, direction, float(np.linalg.norm(stack))
+    return Stack(order, direction, float(np.linalg.norm(stack)), slots)
 
 
 _NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
@@ -267,11 +290,11 @@ def _output_type(frames: list[Frame]) -> type:
     return np.float32
 
 
-def _read_pixels(frames: list[Frame]) -> sitk.Image:
+def _read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
     """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
     with its own slope and intercept, into one array in slice order (int16 or float32)."""
     first = frames[0].dataset
-    out = np.empty((len(frames), int(first.Rows), int(first.Columns)), dtype=_output_type(frames))
+    out = np.empty((slots[-1] + 1, int(first.Rows), int(first.Columns)), dtype=_output_type(frames))
     multiframe: dict[int, np.ndarray] = {}  # decoded once, used for each of its frames
     for k, frame in enumerate(frames):
         key = id(frame.dataset)
@@ -285,12 +308,17 @@ def _read_pixels(frames: list[Frame]) -> sitk.Image:
                     del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
         except Exception as exc:
             raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
-        values = stored[(frame.number or 1) - 1]
+        values, slot = stored[(frame.number or 1) - 1], slots[k]
         if out.dtype == np.int16:
-            np.add(values, np.int32(frame.intercept), out=out[k], casting="unsafe")
+            np.add(values, np.int32(frame.intercept), out=out[slot], casting="unsafe")
         else:
-            np.multiply(values, np.float32(frame.slope), out=out[k], casting="unsafe")
-            out[k] += np.float32(frame.intercept)
+            np.multiply(values, np.float32(frame.slope), out=out[slot], casting="unsafe")
+            out[slot] += np.float32(frame.intercept)
+    for before, after in zip(slots, slots[1:]):  # missing slices, when allowed: linear between neighbours
+        for slot in range(before + 1, after):
+            weight = (slot - before) / (after - before)
+            mixed = (1 - weight) * out[before].astype(np.float32) + weight * out[after].astype(np.float32)
+            out[slot] = np.rint(mixed) if out.dtype == np.int16 else mixed
     for frame in frames:
         if "PixelData" in frame.dataset:
             del frame.dataset.PixelData
@@ -376,8 +404,12 @@ def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
     return frames, ignored + off_axis
 
 
-def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
-    """Read the stored files of one series into a volume with checked geometry."""
+def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Volume:
+    """Read the stored files of one series into a volume with checked geometry.
+
+    ``max_missing`` > 0 fills gaps of up to that many missing slices by linear interpolation (the SEG
+    then covers only the acquired slices); by default a missing slice refuses the series.
+    """
     if not paths:
         raise RejectedInput("the series has no stored instances")
     frames, ignored = select_frames(paths)
@@ -385,13 +417,13 @@ def assemble(paths: list[Path], min_slices: int = 1) -> Volume:
     if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
         raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
                             "multi-frame objects; assemble one object at a time")
-    order, direction, step = sort_frames(frames, min_slices)
-    ordered = [frames[i] for i in order]
-    image = _read_pixels(ordered)
-    image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), step))
+    stack = sort_frames(frames, min_slices, max_missing)
+    ordered = [frames[i] for i in stack.order]
+    image = _read_pixels(ordered, stack.slots)
+    image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), stack.spacing))
     image.SetOrigin(tuple(float(v) for v in ordered[0].position))
-    image.SetDirection(tuple(float(v) for v in direction.reshape(-1)))
-    return Volume(image, tuple(ordered), tuple(ignored))
+    image.SetDirection(tuple(float(v) for v in stack.direction.reshape(-1)))
+    return Volume(image, tuple(ordered), tuple(ignored), tuple(stack.slots))
 
 
 def tilt_degrees(image: sitk.Image) -> float:

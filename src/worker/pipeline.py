@@ -29,6 +29,7 @@ StageReporter = Callable[[str, float, str], None]
 class PipelineConfig:
     storage_root: Path
     output: OutputSettings = field(default_factory=OutputSettings)
+    max_missing_slices: int = 0
 
 
 def save_atomic(dataset: Dataset, target: Path) -> None:
@@ -64,13 +65,16 @@ class Pipeline:
 
         root = self.config.storage_root
         with stage("assemble") as note:
-            volume = assemble([root / p for p in job.instance_paths], self.spec.min_slices)
+            volume = assemble([root / p for p in job.instance_paths], self.spec.min_slices,
+                              self.config.max_missing_slices)
             if volume.modality != self.spec.modality:
                 raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
                                     f"model {self.spec.name} takes {self.spec.modality}")
             size = volume.image.GetSize()
             note.append(f"{size[0]}x{size[1]}x{size[2]} at "
                         + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm")
+            if volume.interpolated:
+                note.append(f"interpolated {volume.interpolated} missing slice(s)")
             if volume.ignored:
                 note.append(f"ignored {len(volume.ignored)}: " + "; ".join(volume.ignored[:5])
                             + (" …" if len(volume.ignored) > 5 else ""))
