@@ -26,7 +26,7 @@ __all__ = ["free_port", "wait_for"]
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        pytest.fail(f"{tool} is not installed (apt-get install dcmtk); .ci/run installs it")
+        pytest.fail(f"{tool} is not installed (apt-get install dcmtk dicom3tools); .ci/run installs it")
     return path
 
 
@@ -88,6 +88,13 @@ class StoreSCP:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=10)
+
+
+def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
+    """Errors and warnings of dicom3tools' validator on one file."""
+    result = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
+    lines = (result.stdout + result.stderr).splitlines()
+    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
 
 
 def echoscu(port: int, called: str, calling: str = "STORESCU") -> bool:

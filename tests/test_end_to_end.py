@@ -16,7 +16,7 @@ from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
 from ainode.demo import seg_labels, send_files, wait_for
-from conftest import NodeProcess, PhantomSeries, StoreSCP, echoscu, phantom_series, storescu
+from conftest import NodeProcess, PhantomSeries, StoreSCP, dciodvfy, echoscu, phantom_series, storescu
 from db import monitor
 from db.models import Instance
 from worker.metrics import dice
@@ -113,6 +113,11 @@ def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
     scores = {name: dice(returned == value, small_series.case.labels == value) for name, value in LABELS.items()}
     print(f"Dice of the returned SEG: {scores}")
     assert all(score >= 0.80 for score in scores.values()), scores
+
+    for kind in ("SEG", "SR"):
+        errors, warnings = dciodvfy(results[kind])
+        print(kind, "dciodvfy warnings:", warnings)
+        assert errors == [] and warnings == [], errors + warnings
 
     seg = hd.seg.segread(results["SEG"])
     assert seg.StudyInstanceUID == study

@@ -103,3 +103,40 @@ def test_a_seg_on_a_multi_frame_source_references_its_frames(tmp_path: Path) -> 
     mask = seg.get_pixels_by_source_frame(enhanced.SOPInstanceUID, frames, segment_numbers=[numbers["Lung"]],
                                           assert_missing_frames_are_empty=True)[..., 0]
     np.testing.assert_array_equal(mask > 0, (labels == 1)[::-1])
+
+
+
+def test_ct_seg_and_sr_pass_the_dicom3tools_validator(built) -> None:  # type: ignore[no-untyped-def]
+    from conftest import dciodvfy
+
+    folder = built[4]
+    for name in ("seg.dcm", "sr.dcm"):
+        errors, warnings = dciodvfy(folder / name)
+        print(name, warnings)
+        assert errors == [], errors
+        assert warnings == [], warnings
+
+
+def test_mr_seg_and_sr_pass_the_dicom3tools_validator(tmp_path: Path) -> None:
+    """A real oblique MR series (dcmqi's ADC example, 20 slices) with a cylinder drawn on it."""
+    from conftest import SHARED_DATA, dciodvfy
+
+    folder = SHARED_DATA / "dcmqi" / "data" / "paramaps" / "pm-example-dcm" / "701-ADCb500"
+    volume = assemble(sorted(folder.iterdir()))
+    assert volume.modality == "MR"
+    spec = load_spec()
+    slices = volume.image.GetSize()[2]
+    _, y, x = np.ogrid[:slices, :256, :256]
+    labels = np.broadcast_to((((y - 128) ** 2 + (x - 120) ** 2) < 30**2).astype(np.uint8), (slices, 256, 256)).copy()
+    labels[slices // 2, 100:110, 100:110] = 2
+    identity = result_identity(spec, "digest", [str(ds.SOPInstanceUID) for ds in volume.datasets])
+    seg = build_segmentation(volume, labels, spec, identity, OutputSettings())
+    sr = build_report(volume, labels, seg, spec, identity, OutputSettings())
+    for name, dataset in (("seg.dcm", seg), ("sr.dcm", sr)):
+        save_atomic(dataset, tmp_path / name)
+        errors, warnings = dciodvfy(tmp_path / name)
+        print(name, warnings)
+        assert errors == [], errors
+        # Both warnings come from the source study and are copied on purpose (the results belong to it):
+        # its Study ID is empty, and its procedure codes use GE's private coding scheme "GEIIS".
+        assert all("Study ID" in w or "<GEIIS>" in w for w in warnings), warnings

@@ -67,6 +67,11 @@ class Pipeline:
         with stage("assemble") as note:
             volume = assemble([root / p for p in job.instance_paths], self.spec.min_slices,
                               self.config.max_missing_slices)
+            missing = [ds.SOPInstanceUID for ds in volume.datasets if not ds.get("FrameOfReferenceUID")]
+            if missing:
+                raise RejectedInput(f"instance {missing[0]} has no FrameOfReferenceUID"
+                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                    + ": a segmentation cannot be placed on it")
             if volume.modality != self.spec.modality:
                 raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
                                     f"model {self.spec.name} takes {self.spec.modality}")

@@ -44,9 +44,29 @@ def present_labels(spec: ModelSpec, labels: np.ndarray) -> list[LabelSpec]:
     return [label for label in spec.labels if label.value in found]
 
 
+TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def prepare_sources(volume: Volume) -> None:
+    """Make the in-memory source headers what highdicom needs: Type 2 patient and study attributes present
+    (real scanners omit some), and one ImageOrientationPatient string for single-frame series whose
+    orientations differ only in the last digits (geometry already checked them within 1e-4)."""
+    datasets = volume.datasets
+    for ds in datasets:
+        for keyword in TYPE2_SOURCE_ATTRIBUTES:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    if not volume.multiframe:
+        orientation = datasets[0].ImageOrientationPatient
+        for ds in datasets[1:]:
+            ds.ImageOrientationPatient = orientation
+
+
 def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, identity: ResultIdentity,
                        settings: OutputSettings) -> hd.seg.Segmentation:
     """A BINARY SEG whose segments are the labels present, numbered 1..n in the model's label order."""
+    prepare_sources(volume)
     present = present_labels(spec, labels)
     remap = np.zeros(256, dtype=np.uint8)
     for number, label in enumerate(present, start=1):
