@@ -140,3 +140,32 @@ def test_mr_seg_and_sr_pass_the_dicom3tools_validator(tmp_path: Path) -> None:
         # Both warnings come from the source study and are copied on purpose (the results belong to it):
         # its Study ID is empty, and its procedure codes use GE's private coding scheme "GEIIS".
         assert all("Study ID" in w or "<GEIIS>" in w for w in warnings), warnings
+
+
+def test_dcmqi_reads_the_seg_back_to_the_same_mask_on_the_source_grid(built, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """dcmqi's segimage2itkimage (the reference converter) against the labels the SEG was built from."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+
+    spec, volume, labels, identity, folder = built
+    tool = shutil.which("segimage2itkimage") or str(Path(sys.executable).parent / "segimage2itkimage")
+    result = subprocess.run([tool, "--inputDICOM", str(folder / "seg.dcm"), "--outputDirectory", str(tmp_path),
+                             "--outputType", "nifti"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    names = [group[0]["SegmentLabel"] for group in meta["segmentAttributes"]]
+    assert names == ["Lung", "Lesion"]
+    for n, name in enumerate(names, start=1):
+        converted = sitk.ReadImage(str(tmp_path / f"{n}.nii.gz"))
+        np.testing.assert_allclose(converted.GetSpacing(), volume.image.GetSpacing(), atol=1e-4)
+        np.testing.assert_allclose(converted.GetDirection(), volume.image.GetDirection(), atol=1e-5)
+        index = volume.image.TransformPhysicalPointToContinuousIndex(converted.GetOrigin())
+        np.testing.assert_allclose(index, np.round(index), atol=1e-3)  # it starts on a source voxel
+        on_source = sitk.Resample(converted, volume.image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                  sitk.sitkUInt8)
+        value = {"Lung": 1, "Lesion": 2}[name]
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(on_source) > 0, labels == value)
