@@ -50,6 +50,20 @@ def test_seg_reads_back_onto_the_source_slices(built, small_series: PhantomSerie
         np.testing.assert_array_equal(mask > 0, labels == value)
 
 
+def test_both_objects_name_the_processing_equipment_and_its_model(built) -> None:  # type: ignore[no-untyped-def]
+    spec, volume, labels, identity, folder = built
+    for name in ("seg.dcm", "sr.dcm"):
+        ds = hd.seg.segread(folder / name) if name == "seg.dcm" else hd.sr.srread(folder / name)
+        ours = [e for e in ds.ContributingEquipmentSequence if e.get("ManufacturerModelName") == spec.name
+                and e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]
+        equipment = ours[0]
+        assert len(ours) == 1, [(e.Manufacturer, e.get("ManufacturerModelName")) for e in ds.ContributingEquipmentSequence]
+        assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+        assert equipment.ManufacturerModelName == spec.name
+        assert equipment.DeviceSerialNumber == identity.device_uid
+        assert ds.StudyInstanceUID == volume.datasets[0].StudyInstanceUID
+
+
 def test_sr_has_one_volumetric_group_per_segment_with_its_volume(built) -> None:  # type: ignore[no-untyped-def]
     spec, volume, labels, identity, folder = built
     sr = hd.sr.srread(folder / "sr.dcm")

@@ -20,6 +20,24 @@ def algorithm(spec: ModelSpec) -> hd.AlgorithmIdentificationSequence:
                                               version=spec.version)
 
 
+PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipment")
+
+
+def contributing_equipment(spec: ModelSpec, identity: ResultIdentity,
+                           settings: OutputSettings) -> hd.ContributingEquipment:
+    """IHE AI Results: who processed the images. Its serial number is the device UID (also the SR's
+    observer device), which changes whenever the model's weights do."""
+    return hd.ContributingEquipment(
+        manufacturer=settings.manufacturer,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=spec.name[:64],
+        software_versions=[f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"],
+        device_serial_number=identity.device_uid,
+        station_name=settings.device_serial_number[:16],
+        contribution_description=f"segmentation by {spec.name} {spec.version}"[:64],
+    )
+
+
 def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
     return stable_uid(identity.seg_sop_instance_uid, "segment", label.name)
 
@@ -88,4 +106,5 @@ def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, iden
         content_description=f"{spec.name} {spec.version}"[:64],
         content_creator_name="ainode^",
         series_description=settings.seg_series_description[:64],
+        contributing_equipment=[contributing_equipment(spec, identity, settings)],
     )

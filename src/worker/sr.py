@@ -10,7 +10,7 @@ from pydicom.sr.codedict import codes
 from worker.geometry import Volume
 from worker.identity import OutputSettings, ResultIdentity
 from worker.modelspec import ModelSpec
-from worker.seg import coded, present_labels, tracking_uid
+from worker.seg import coded, contributing_equipment, present_labels, tracking_uid
 
 MILLILITRE = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
@@ -88,4 +88,5 @@ def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, s
         manufacturer=settings.manufacturer,
         is_complete=True,
         series_description=settings.sr_series_description[:64],
+        contributing_equipment=[contributing_equipment(spec, identity, settings)],
     )
