@@ -15,12 +15,12 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# DCMTK (storescu, storescp, echoscu) is the real DICOM peer the tests talk to; dicom3tools' dciodvfy
-# validates what ainode sends.
+# The real peers the tests talk to: DCMTK (storescu, storescp, echoscu), Orthanc with DICOMweb (a PACS),
+# and dicom3tools' dciodvfy (the validator).
 peers:
 	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null && \
-		command -v dciodvfy >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools; }
+		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-dicomweb; }
 
 demo: install
 	$(BIN)/ainode demo

@@ -128,12 +128,12 @@ class NodeProcess:
         self.pacs_port = pacs_port
         self.config = root / "ainode.toml"
         options = {"settle_seconds": 0.5, "lease_seconds": 10.0, "max_attempts": 3, "backoff_seconds": 1.0,
-                   "workers": 1, **overrides}
+                   "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]', "pacs_ae": "PACS", **overrides}
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(f"""
 [node]
 port = {self.port}
-allowed_calling_ae_titles = ["STORESCU", "AINODE-DEMO"]
+allowed_calling_ae_titles = {options['callers']}
 [storage]
 root = "{root / 'data'}"
 [queue]
@@ -148,7 +148,7 @@ poll_seconds = 0.2
 [destinations.pacs]
 host = "127.0.0.1"
 port = {pacs_port}
-ae_title = "PACS"
+ae_title = "{options['pacs_ae']}"
 [delivery]
 backoff_seconds = 0.5
 backoff_max_seconds = 2.0
@@ -167,7 +167,7 @@ backoff_max_seconds = 2.0
     def serve(self) -> "NodeProcess":
         process = self._spawn("serve")
         wait_for(lambda: process.poll() is not None or echoscu(self.port, "AINODE"), 90,
-                 f"ainode serve did not answer C-ECHO; log: {self.log_text()}")
+                 lambda: f"ainode serve did not answer C-ECHO; log: {self.log_text()}")
         assert process.poll() is None, self.log_text()
         return self
 
