@@ -24,7 +24,7 @@ __all__ = ["free_port", "wait_for"]
 
 
 def require(tool: str) -> str:
-    path = shutil.which(tool)
+    path = shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/usr/bin")
     if path is None:
         pytest.fail(f"{tool} is not installed (apt-get install dcmtk dicom3tools); .ci/run installs it")
     return path
