@@ -16,11 +16,12 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # The real peers the tests talk to: DCMTK (storescu, storescp, echoscu), Orthanc with DICOMweb (a PACS),
-# and dicom3tools' dciodvfy (the validator).
+# dicom3tools' dciodvfy (the validator), and Chromium with its driver (OHIF in a browser).
 peers:
 	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null && \
-		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null || { $(SUDO) apt-get update -qq && \
-		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dcmtk dicom3tools orthanc orthanc-dicomweb; }
+		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver; }
 
 demo: install
 	$(BIN)/ainode demo

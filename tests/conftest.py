@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from worker.phantom import PhantomCase, StudyIdentity, make_case, write_series
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 __all__ = ["free_port", "wait_for"]
 
@@ -203,3 +206,74 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
     yield make
     for node in made:
         node.stop()
+
+
+class Orthanc:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.http = free_port()
+        self.dicom = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, node_port: int) -> "Orthanc":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "ainode-test", "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"), "HttpPort": self.http, "DicomPort": self.dicom,
+            "DicomAet": "ORTHANC", "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "Plugins": [str(DICOMWEB_PLUGIN)] if DICOMWEB_PLUGIN.exists() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": {"ainode": ["AINODE", "127.0.0.1", node_port]},
+            "DicomCheckCalledAet": False, "StableAge": 1,
+        }
+        (self.folder / "orthanc.json").write_text(json.dumps(config))
+        self.log = open(self.folder / "orthanc.log", "wb")
+        self.process = subprocess.Popen([require("Orthanc"), str(self.folder / "orthanc.json")], env=DCMTK_ENV,
+                                        stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._up, 60, lambda: f"Orthanc did not start: {(self.folder / 'orthanc.log').read_text()[-2000:]}")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return bool(self.get("/system"))
+        except OSError:
+            return False
+
+    def get(self, path: str) -> object:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, body: bytes, content_type: str = "application/octet-stream") -> object:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http}{path}", data=body, method="POST",
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return json.loads(response.read() or b"null")
+
+    def modalities_in_study(self, study_uid: str) -> dict[str, int]:
+        """Modality → number of instances, for every series of the study Orthanc holds."""
+        found = self.post("/tools/find", json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}})
+                          .encode(), "application/json")
+        if not found:
+            return {}
+        counts: dict[str, int] = {}
+        for series_id in self.get(f"/studies/{found[0]}")["Series"]:  # type: ignore[index]
+            series = self.get(f"/series/{series_id}")
+            modality = series["MainDicomTags"].get("Modality", "?")  # type: ignore[index]
+            counts[modality] = counts.get(modality, 0) + len(series["Instances"])  # type: ignore[index]
+        return counts
+
+    def upload(self, paths: list[Path], study_uid: str) -> str:
+        """Store files in Orthanc through REST; returns Orthanc's ID of the study."""
+        for path in paths:
+            self.post("/instances", path.read_bytes())
+        return str(self.post("/tools/lookup", study_uid.encode(), "text/plain")[0]["ID"])  # type: ignore[index]
+
+    def wait_for_results(self, study_uid: str, node: "NodeProcess") -> None:
+        wait_for(lambda: self.modalities_in_study(study_uid).get("SR"), 240,
+                 lambda: f"no results in Orthanc: {self.modalities_in_study(study_uid)}\n{node.log_text()}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        self.log.close()
