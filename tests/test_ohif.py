@@ -30,43 +30,7 @@ OHIF_INTEGRITY = "sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkyc
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CACHE = Path.home() / ".cache" / "ainode-tests"
 
-APP_CONFIG = """
-try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour', 'segmentationTour', 'basicTour'])); }
-catch (e) {}
-window.config = {
-  routerBasename: null,
-  extensions: [],
-  modes: [],
-  showStudyList: true,
-  maxNumberOfWebWorkers: 2,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: false,
-  showLoadingIndicator: true,
-  investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: 'orthanc',
-  dataSources: [{
-    namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-    sourceName: 'orthanc',
-    configuration: {
-      friendlyName: 'Orthanc beside ainode',
-      name: 'orthanc',
-      wadoUriRoot: window.location.origin + '/wado',
-      qidoRoot: window.location.origin + '/dicom-web',
-      wadoRoot: window.location.origin + '/dicom-web',
-      qidoSupportsIncludeField: false,
-      imageRendering: 'wadors',
-      thumbnailRendering: 'wadors',
-      enableStudyLazyLoad: true,
-      supportsFuzzyMatching: false,
-      supportsWildcard: true,
-      staticWado: false,
-      singlepart: 'bulkdata,video',
-      bulkDataURI: { enabled: true, relativeResolution: 'studies' },
-      omitQuotationForMultipartRequest: true,
-    },
-  }],
-};
-"""
+APP_CONFIG = Path(__file__).resolve().parents[1] / "docker" / "ohif" / "app-config.js"  # the compose file's too
 
 
 def fetch_ohif() -> Path:
@@ -141,7 +105,7 @@ def viewer(tmp_path: Path) -> Path:
     with tarfile.open(fetch_ohif()) as archive:
         archive.extractall(tmp_path / "ohif", filter="data")
     dist = tmp_path / "ohif" / "package" / "dist"
-    (dist / "app-config.js").write_text(APP_CONFIG)
+    shutil.copy(APP_CONFIG, dist / "app-config.js")
     return dist
 
 

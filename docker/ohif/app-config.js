@@ -1,4 +1,4 @@
-// OHIF configuration used by docker/compose.yaml and by tests/test_ohif.py (keep them the same).
+// OHIF configuration of docker/compose.yaml; tests/test_ohif.py serves this same file.
 try { localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour', 'segmentationTour', 'basicTour'])); }
 catch (e) {}
 window.config = {
