@@ -13,7 +13,7 @@ from conftest import PhantomSeries
 from worker.geometry import assemble
 from worker.identity import OutputSettings, result_identity
 from worker.modelspec import load_spec
-from worker.pipeline import save_atomic
+from worker.files import save_atomic
 from worker.seg import build_segmentation
 from worker.sr import build_report
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom.dataset import Dataset
-
 from db.errors import RejectedInput
 from db.queue import ClaimedJob, ResultFile
+from worker.files import save_atomic
 from worker.geometry import assemble
 from worker.identity import OutputSettings, result_identity
 from worker.modelspec import ModelSpec
@@ -30,22 +27,6 @@ class PipelineConfig:
     storage_root: Path
     output: OutputSettings = field(default_factory=OutputSettings)
     max_missing_slices: int = 0
-
-
-def save_atomic(dataset: Dataset, target: Path) -> None:
-    """Write a DICOM file under its final name only once it is complete and on disk."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".result-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            dataset.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 class Pipeline:

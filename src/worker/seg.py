@@ -58,8 +58,8 @@ def describe(spec: ModelSpec, label: LabelSpec, number: int, identity: ResultIde
 
 
 def present_labels(spec: ModelSpec, labels: np.ndarray) -> list[LabelSpec]:
-    found = set(np.unique(labels).tolist())
-    return [label for label in spec.labels if label.value in found]
+    counts = np.bincount(labels.ravel(), minlength=256)
+    return [label for label in spec.labels if counts[label.value]]
 
 
 TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",

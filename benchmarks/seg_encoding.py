@@ -1,0 +1,103 @@
+"""DICOM-SEG encoding of a 300-frame, 3-segment mask, whole process, side by side with dcmqi's
+itkimage2segimage on the same source series and mask in the same run (medians of interleaved rounds).
+
+Both read the source series' headers and the mask from disk and write a BINARY SEG.
+
+    .venv/bin/python benchmarks/seg_encoding.py [--slices 300] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from series import ct_series
+from worker.geometry import assemble
+
+AINODE = """
+import sys
+from pathlib import Path
+import numpy as np, SimpleITK as sitk
+from worker.geometry import assemble
+from worker.identity import OutputSettings, result_identity
+from worker.modelspec import ModelSpec, load_spec
+from worker.files import save_atomic
+from worker.seg import build_segmentation
+series, mask, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+demo = load_spec()
+spec = demo.model_copy(update={"labels": demo.labels + (demo.labels[1].model_copy(update={"value": 3, "name": "Other"}),)})
+volume = assemble(sorted(series.glob("*.dcm")))
+labels = sitk.GetArrayFromImage(sitk.ReadImage(mask)).astype(np.uint8)
+identity = result_identity(spec, "benchmark", [str(ds.SOPInstanceUID) for ds in volume.datasets])
+save_atomic(build_segmentation(volume, labels, spec, identity, OutputSettings()), out)
+"""
+
+
+def segment(name: str, label: int, rgb: list[int]) -> dict[str, object]:
+    return {"labelID": label, "SegmentLabel": name, "SegmentAlgorithmType": "AUTOMATIC",
+            "SegmentAlgorithmName": "benchmark", "recommendedDisplayRGBValue": rgb,
+            "SegmentedPropertyCategoryCodeSequence": {"CodeValue": "49755003", "CodingSchemeDesignator": "SCT",
+                                                      "CodeMeaning": "Morphologically Altered Structure"},
+            "SegmentedPropertyTypeCodeSequence": {"CodeValue": "52988006", "CodingSchemeDesignator": "SCT",
+                                                  "CodeMeaning": "Lesion"}}
+
+
+def run(command: list[str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"{command[0]} failed: {(result.stdout + result.stderr)[-2000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--slices", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    tool = shutil.which("itkimage2segimage") or str(Path(sys.executable).parent / "itkimage2segimage")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        series = work / "series"
+        ct_series(series, args.slices)
+        image = assemble(sorted(series.glob("*.dcm"))).image
+        z, y, x = np.ogrid[: args.slices, :512, :512]
+        labels = np.zeros((args.slices, 512, 512), dtype=np.uint8)
+        for value, (cz, cy, cx, r) in enumerate([(0.5, 200, 200, 90), (0.4, 330, 300, 50), (0.7, 260, 380, 40)], 1):
+            labels[((z - cz * args.slices) * 1.25) ** 2 + ((y - cy) * 0.7) ** 2 + ((x - cx) * 0.7) ** 2 < r**2] = value
+        mask = sitk.GetImageFromArray(labels)
+        mask.CopyInformation(image)
+        sitk.WriteImage(mask, str(work / "mask.nii.gz"))
+        meta = {"ContentCreatorName": "bench^", "SeriesDescription": "bench", "SeriesNumber": "901",
+                "InstanceNumber": "1", "ClinicalTrialSeriesID": "1", "ClinicalTrialTimePointID": "1",
+                "segmentAttributes": [[segment("Lung", 1, [128, 174, 128]), segment("Lesion", 2, [241, 214, 145]),
+                                       segment("Other", 3, [200, 0, 0])]]}
+        (work / "meta.json").write_text(json.dumps(meta))
+        frames = int((labels.reshape(args.slices, -1).max(axis=1) > 0).sum())
+        print(f"mask: {args.slices} slices of 512x512, 3 segments, {frames} slices with a segment; "
+              f"{args.rounds} interleaved rounds, whole processes")
+        times: dict[str, list[float]] = {"dcmqi itkimage2segimage": [], "ainode (highdicom)": []}
+        for n in range(args.rounds):
+            times["dcmqi itkimage2segimage"].append(run([
+                tool, "--inputImageList", str(work / "mask.nii.gz"), "--inputDICOMDirectory", str(series),
+                "--inputMetadata", str(work / "meta.json"), "--outputDICOM", str(work / f"dcmqi{n}.dcm")]))
+            times["ainode (highdicom)"].append(run([sys.executable, "-c", AINODE, str(series),
+                                                    str(work / "mask.nii.gz"), str(work / f"ainode{n}.dcm")]))
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        for name, seconds in medians.items():
+            print(f"{name:24s} {seconds:6.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in times[name])})")
+        print(f"ratio ainode / dcmqi: {medians['ainode (highdicom)'] / medians['dcmqi itkimage2segimage']:.2f}x the time")
+
+
+if __name__ == "__main__":
+    main()
