@@ -100,3 +100,41 @@ def test_a_file_gone_from_storage_is_retried_then_fails_with_the_reason(
     with database.read() as session:
         kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
     assert kinds == ["queued", "claimed", "retry", "claimed", "failed"]
+
+
+@pytest.mark.parametrize("when", ["report", "nothing"])
+def test_nothing_found_gives_an_sr_that_says_so_or_nothing_as_configured(
+        tmp_path: Path, database: Database, when: str) -> None:
+    import highdicom as hd
+
+    from conftest import dciodvfy
+    from worker.identity import OutputSettings
+
+    from worker.modelspec import DEMO_MODEL
+
+    series = phantom_series(tmp_path / "src", seed=33, matrix=64, slice_thickness=5.0)
+    store(database, tmp_path / "root", series.paths)
+    # the demo model whose labels must each be over a litre: what it finds is cleaned away
+    strict = tmp_path / "model.toml"
+    strict.write_text(DEMO_MODEL.read_text()
+                      .replace('weights = "weights.pt"', f'weights = "{DEMO_MODEL.with_name("weights.pt")}"')
+                      .replace("min_volume_ml = 5.0", "min_volume_ml = 100000.0")
+                      .replace("min_volume_ml = 0.1", "min_volume_ml = 100000.0"))
+    spec = load_spec(strict)
+    pipeline = Pipeline(spec, Segmenter(spec, device="cpu"),
+                        PipelineConfig(tmp_path / "root", OutputSettings(when_nothing_found=when)))
+    assert Worker(database, POLICY, pipeline, RunnerConfig(("pacs",)), name="w").run_one()
+    with database.read() as session:
+        job = session.scalars(select(Job)).one()
+        results = session.scalars(select(Result)).all()
+        notes = [e.message for e in session.scalars(select(JobEvent).where(JobEvent.stage == "encode"))]
+    assert job.state == "succeeded"
+    if when == "nothing":
+        assert results == [] and "nothing found: no output" in notes[0]
+        return
+    (result,) = results
+    assert result.kind == "SR" and "nothing found: an SR" in notes[0]
+    sr = hd.sr.srread(tmp_path / "root" / result.path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    errors, _ = dciodvfy(tmp_path / "root" / result.path)
+    assert errors == [], errors

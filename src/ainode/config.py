@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -107,6 +107,7 @@ class OutputSection(_Section):
     sr_series_number: int = Field(902, ge=1)
     seg_series_description: str = Field("ainode segmentation", max_length=64)
     sr_series_description: str = Field("ainode measurements", max_length=64)
+    when_nothing_found: Literal["report", "nothing"] = "report"
 
 
 class Settings(BaseSettings):
@@ -159,7 +160,8 @@ class Settings(BaseSettings):
     def output_settings(self) -> OutputSettings:
         o = self.output
         return OutputSettings(o.seg_series_number, o.sr_series_number, o.seg_series_description,
-                              o.sr_series_description, device_serial_number=self.node.ae_title)
+                              o.sr_series_description, device_serial_number=self.node.ae_title,
+                              when_nothing_found=o.when_nothing_found)
 
 
 def _describe(exc: ValidationError, source: str) -> str:

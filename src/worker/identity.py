@@ -30,6 +30,7 @@ class OutputSettings:
     sr_series_description: str = "ainode measurements"
     manufacturer: str = "ainode"
     device_serial_number: str = "ainode-1"
+    when_nothing_found: str = "report"  # "report": an SR that says so; "nothing": no output
 
 
 @dataclass(frozen=True)

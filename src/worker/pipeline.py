@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+
 from db.errors import RejectedInput
 from db.queue import ClaimedJob, ResultFile
 from worker.files import save_atomic
@@ -17,7 +19,7 @@ from worker.modelspec import ModelSpec
 from worker.network import Segmenter
 from worker.postprocess import clean
 from worker.seg import build_segmentation, present_labels
-from worker.sr import build_report
+from worker.sr import build_nothing_found_report, build_report
 
 StageReporter = Callable[[str, float, str], None]
 
@@ -35,6 +37,12 @@ class Pipeline:
         self.segmenter = segmenter
         self.config = config
         self.weights_digest = spec.weights_digest()
+
+    def _save(self, kind: str, dataset: Dataset, folder: Path) -> ResultFile:
+        relative = folder / f"{kind}-{dataset.SOPInstanceUID}.dcm"
+        save_atomic(dataset, self.config.storage_root / relative)
+        return ResultFile(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
+                          str(dataset.SeriesInstanceUID), str(relative))
 
     def process(self, job: ClaimedJob, report: StageReporter) -> list[ResultFile]:
         @contextmanager
@@ -72,20 +80,20 @@ class Pipeline:
             present = present_labels(self.spec, labels)
             note.append(", ".join(f"{label.name} {float((labels == label.value).sum()) * volume.voxel_ml:.1f} mL"
                                   for label in present) or "nothing found")
+        identity = result_identity(self.spec, self.weights_digest, [str(ds.SOPInstanceUID) for ds in volume.datasets])
+        folder = Path("results") / job.study_instance_uid / f"job-{job.id}"
         if not present:
-            return []
+            if self.config.output.when_nothing_found != "report":
+                report("encode", 0.0, "nothing found: no output, as configured (output.when_nothing_found)")
+                return []
+            with stage("encode") as note:
+                sr = build_nothing_found_report(volume, self.spec, identity, self.config.output)
+                note.append("nothing found: an SR that says so, no SEG")
+                return [self._save("SR", sr, folder)]
         with stage("encode") as note:
-            identity = result_identity(self.spec, self.weights_digest,
-                                       [str(ds.SOPInstanceUID) for ds in volume.datasets])
             seg = build_segmentation(volume, labels, self.spec, identity, self.config.output)
             sr = build_report(volume, labels, seg, self.spec, identity, self.config.output)
-            folder = Path("results") / job.study_instance_uid / f"job-{job.id}"
-            results = []
-            for kind, dataset in (("SEG", seg), ("SR", sr)):
-                relative = folder / f"{kind}-{dataset.SOPInstanceUID}.dcm"
-                save_atomic(dataset, root / relative)
-                results.append(ResultFile(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
-                                          str(dataset.SeriesInstanceUID), str(relative)))
+            results = [self._save("SEG", seg, folder), self._save("SR", sr, folder)]
             note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
                         f"{len(seg.SegmentSequence)} segments; SR {len(present)} measurement groups")
         return results

@@ -39,6 +39,54 @@ def measure(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> dict[str, di
     return out
 
 
+FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
+FINDING_ABSENT = hd.sr.CodedConcept("373572006", "SCT", "Clinical finding absent")
+
+
+def _observation_context(spec: ModelSpec, identity: ResultIdentity,
+                         settings: OutputSettings) -> hd.sr.ObservationContext:
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.device_uid, name=spec.name[:64], manufacturer_name=settings.manufacturer,
+            model_name=spec.version[:64]),
+    )
+    return hd.sr.ObservationContext(observer_device_context=observer)
+
+
+def _document(volume: Volume, evidence: list, content: hd.sr.MeasurementReport, spec: ModelSpec,  # type: ignore[type-arg]
+              identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*evidence, *volume.datasets],
+        content=content,
+        series_instance_uid=identity.sr_series_instance_uid,
+        series_number=settings.sr_series_number,
+        sop_instance_uid=identity.sr_sop_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        is_complete=True,
+        series_description=settings.sr_series_description[:64],
+        contributing_equipment=[contributing_equipment(spec, identity, settings)],
+    )
+
+
+def build_nothing_found_report(volume: Volume, spec: ModelSpec, identity: ResultIdentity,
+                               settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+    """A TID 1500 report that says the model found none of its labels (there is no SEG to reference)."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.sr_sop_instance_uid + ".1",
+                                                     identifier="nothing found"),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(FINDING, FINDING_ABSENT)],
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(spec, identity, settings),
+        procedure_reported=PROCEDURE.get(volume.modality, PROCEDURE["CT"]),
+        imaging_measurements=[group],
+        title=codes.cid7021.ImagingMeasurementReport,
+    )
+    return _document(volume, [], report, spec, identity, settings)
+
+
 def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, spec: ModelSpec,
                  identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
     figures = measure(volume, labels, spec)
@@ -66,27 +114,10 @@ def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, s
             finding_sites=[hd.sr.FindingSite(coded(site))],
             measurements=measurements,
         ))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=identity.device_uid, name=spec.name[:64], manufacturer_name=settings.manufacturer,
-            model_name=spec.version[:64]),
-    )
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=_observation_context(spec, identity, settings),
         procedure_reported=PROCEDURE.get(volume.modality, PROCEDURE["CT"]),
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    return hd.sr.Comprehensive3DSR(
-        evidence=[seg, *volume.datasets],
-        content=report,
-        series_instance_uid=identity.sr_series_instance_uid,
-        series_number=settings.sr_series_number,
-        sop_instance_uid=identity.sr_sop_instance_uid,
-        instance_number=1,
-        manufacturer=settings.manufacturer,
-        is_complete=True,
-        series_description=settings.sr_series_description[:64],
-        contributing_equipment=[contributing_equipment(spec, identity, settings)],
-    )
+    return _document(volume, [seg], report, spec, identity, settings)
