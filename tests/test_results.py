@@ -183,3 +183,16 @@ def test_dcmqi_reads_the_seg_back_to_the_same_mask_on_the_source_grid(built, tmp
                                   sitk.sitkUInt8)
         value = {"Lung": 1, "Lesion": 2}[name]
         np.testing.assert_array_equal(sitk.GetArrayFromImage(on_source) > 0, labels == value)
+
+
+def test_highdicom_reads_both_objects_back_without_warnings(built) -> None:  # type: ignore[no-untyped-def]
+    import warnings
+
+    folder = built[4]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = hd.seg.segread(folder / "seg.dcm")
+        seg.get_volume()
+        sr = hd.sr.srread(folder / "sr.dcm")
+        sr.content.get_volumetric_roi_measurement_groups()
+    assert [str(w.message) for w in caught] == []
