@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
@@ -77,13 +76,22 @@ def test_an_unknown_destination_is_recorded_not_crashed_on(tmp_path: Path, datab
         assert "destination 'pacs' is not configured" in session.scalar(select(Delivery)).error
 
 
-@pytest.mark.parametrize("ae_title", ["WRONG"])
-def test_a_refusing_peer_is_retried(tmp_path: Path, database: Database, pacs: StoreSCP,
-                                    small_series: PhantomSeries, ae_title: str) -> None:
-    queue_delivery(database, tmp_path, small_series.paths[0])
-    dispatcher = Dispatcher(database, tmp_path, "AINODE",
-                            {"pacs": Destination("pacs", "127.0.0.1", free_port(), ae_title)},
-                            outbox.DeliveryPolicy(), "sender")
-    dispatcher.deliver_one()
+def test_a_peer_that_refuses_the_association_is_retried(tmp_path: Path, database: Database,
+                                                        small_series: PhantomSeries) -> None:
+    """ainode's own receiver as a PACS that does not know our calling AE title: A-ASSOCIATE-RJ."""
+    from pacs_node.scp import ReceiverConfig, start
+
+    config = ReceiverConfig("PACS", "127.0.0.1", free_port(), ("SOMEONE-ELSE",), tmp_path / "peer")
+    server = start(config, database)
+    try:
+        queue_delivery(database, tmp_path, small_series.paths[0])
+        dispatcher = Dispatcher(database, tmp_path, "AINODE",
+                                {"pacs": Destination("pacs", "127.0.0.1", config.port, "PACS")},
+                                outbox.DeliveryPolicy(), "sender")
+        assert dispatcher.deliver_one()
+    finally:
+        server.shutdown()
     with database.transaction() as session:
-        assert session.scalar(select(Delivery)).state == "pending"
+        delivery = session.scalar(select(Delivery))
+        assert (delivery.state, delivery.attempts) == ("pending", 1)
+        assert "refused or did not answer the association" in delivery.error

@@ -23,17 +23,15 @@ def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "a/b").iterdir()] == ["c.dcm"]
 
 
-def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
-    with pytest.raises(OSError):
-        write_atomic(tmp_path, Path("x/y.dcm"), list_then_fail())
-    assert list((tmp_path / "x").iterdir()) == []
+class _FullDisk(list):  # type: ignore[type-arg]
+    """Chunks that fail half-way, as a full disk would."""
 
-
-class _FailingChunks(list):  # type: ignore[type-arg]
     def __iter__(self):  # type: ignore[no-untyped-def]
         yield b"abc"
         raise OSError(28, "No space left on device")
 
 
-def list_then_fail() -> list[bytes]:
-    return _FailingChunks()
+def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match="No space left"):
+        write_atomic(tmp_path, Path("x/y.dcm"), _FullDisk())
+    assert list((tmp_path / "x").iterdir()) == []
