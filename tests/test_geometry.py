@@ -38,7 +38,7 @@ def test_geometry_matches_the_phantom_whatever_the_file_order(tmp_path: Path, or
 def test_per_slice_rescale_is_applied_to_each_slice(tmp_path: Path) -> None:
     series = phantom_series(tmp_path, seed=4, matrix=64, slice_thickness=5.0)
     reference = sitk.GetArrayFromImage(assemble(series.paths).image)
-    for k, path in enumerate(series.paths[::2]):
+    for path in series.paths[::2]:
         ds = pydicom.dcmread(path)
         stored = ds.pixel_array.astype(np.int32) - 1024
         ds.RescaleSlope, ds.RescaleIntercept = "2", "-2048"  # same HU, different stored values

@@ -21,7 +21,6 @@ import highdicom as hd
 import numpy as np
 from PIL import Image
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage, Verification

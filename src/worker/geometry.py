@@ -17,9 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID
 
 from db.errors import RejectedInput, TransientFailure
+from worker.pixels import read_pixels
 
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01  # fraction of the slice spacing a gap may differ from it
@@ -251,80 +252,6 @@ def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> S
     return Stack(order, direction, float(np.linalg.norm(stack)), slots)
 
 
-_NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
-
-
-def _stored_values(ds: Dataset) -> np.ndarray:
-    """Stored values of every frame, (frames, rows, cols). Native little endian is read straight from
-    the bytes (pydicom's general decoder costs ~3 ms a slice); everything else goes through pydicom."""
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    shape = (frames, int(ds.Rows), int(ds.Columns))
-    if syntax in _NATIVE_LITTLE_ENDIAN and allocated in (8, 16, 32) and int(ds.get("SamplesPerPixel", 1)) == 1:
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
-        dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
-        count = int(np.prod(shape))
-        array = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(shape)
-        if stored < allocated:
-            shift = allocated - stored
-            array = (array << shift) >> shift if signed else array & ((1 << stored) - 1)
-        return array
-    array = ds.pixel_array
-    return array.reshape((-1, *array.shape[-2:]))
-
-
-def _output_type(frames: list[Frame]) -> type:
-    """int16 when every real value fits (CT with slope 1 and an integer intercept): half the memory of
-    float32, and the model's resampling reads it directly."""
-    ds = frames[0].dataset
-    if any(f.slope != 1.0 or f.intercept != int(f.intercept) for f in frames):
-        return np.float32
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
-    shifts = [int(f.intercept) for f in frames]
-    if low + min(shifts) >= -32768 and high + max(shifts) <= 32767:
-        return np.int16
-    return np.float32
-
-
-def _read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
-    """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
-    with its own slope and intercept, into one array in slice order (int16 or float32)."""
-    first = frames[0].dataset
-    out = np.empty((slots[-1] + 1, int(first.Rows), int(first.Columns)), dtype=_output_type(frames))
-    multiframe: dict[int, np.ndarray] = {}  # decoded once, used for each of its frames
-    for k, frame in enumerate(frames):
-        key = id(frame.dataset)
-        try:
-            stored = multiframe.get(key)
-            if stored is None:
-                stored = _stored_values(frame.dataset)
-                if frame.number is not None:
-                    multiframe[key] = stored
-                else:
-                    del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
-        except Exception as exc:
-            raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
-        values, slot = stored[(frame.number or 1) - 1], slots[k]
-        if out.dtype == np.int16:
-            np.add(values, np.int32(frame.intercept), out=out[slot], casting="unsafe")
-        else:
-            np.multiply(values, np.float32(frame.slope), out=out[slot], casting="unsafe")
-            out[slot] += np.float32(frame.intercept)
-    for before, after in zip(slots, slots[1:]):  # missing slices, when allowed: linear between neighbours
-        for slot in range(before + 1, after):
-            weight = (slot - before) / (after - before)
-            mixed = (1 - weight) * out[before].astype(np.float32) + weight * out[after].astype(np.float32)
-            out[slot] = np.rint(mixed) if out.dtype == np.int16 else mixed
-    for frame in frames:
-        if "PixelData" in frame.dataset:
-            del frame.dataset.PixelData
-    return sitk.GetImageFromArray(out)
-
-
 VOLUME_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
@@ -419,7 +346,7 @@ def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Vo
                             "multi-frame objects; assemble one object at a time")
     stack = sort_frames(frames, min_slices, max_missing)
     ordered = [frames[i] for i in stack.order]
-    image = _read_pixels(ordered, stack.slots)
+    image = read_pixels(ordered, stack.slots)
     image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), stack.spacing))
     image.SetOrigin(tuple(float(v) for v in ordered[0].position))
     image.SetDirection(tuple(float(v) for v in stack.direction.reshape(-1)))
