@@ -145,6 +145,7 @@ lease_seconds = {options['lease_seconds']}
 max_attempts = {options['max_attempts']}
 backoff_seconds = {options['backoff_seconds']}
 [worker]
+{f'model = "{options["model"]}"' if options.get("model") else ""}
 count = {options['workers']}
 threads = 2
 poll_seconds = 0.2

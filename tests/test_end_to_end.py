@@ -209,3 +209,30 @@ def test_a_sphere_comes_back_where_it_is_in_the_patient(
     voxel = max(series.case.grid.spacing)
     print(f"{orientation}: lesion centre off by {np.round(found - truth, 2)} mm (one voxel: {voxel:.2f} mm)")
     assert np.linalg.norm(found - truth) <= voxel
+
+
+def test_an_mr_series_through_the_whole_path_gives_valid_objects(
+        tmp_path: Path, pacs: StoreSCP, node_factory: Callable[..., NodeProcess]) -> None:
+    """A real oblique MR series (dcmqi's ADC example) sent by storescu to a node whose model takes MR (the
+    demo weights under an MR model file): whatever it finds, what comes back passes dciodvfy."""
+    from conftest import SHARED_DATA
+    from worker.modelspec import DEMO_MODEL
+
+    model = tmp_path / "mr-model.toml"
+    model.write_text(DEMO_MODEL.read_text().replace('modality = "CT"', 'modality = "MR"')
+                     .replace('weights = "weights.pt"', f'weights = "{DEMO_MODEL.with_name("weights.pt")}"'))
+    node = node_factory(pacs.port, model=str(model)).serve()
+    series = sorted((SHARED_DATA / "dcmqi" / "data" / "paramaps" / "pm-example-dcm" / "701-ADCb500").iterdir())
+    sent = storescu(node.port, series)
+    assert sent.returncode == 0, sent.stderr
+    series_uid = str(dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID)
+    wait_for(lambda: delivered(node, series_uid), 240,
+             lambda: f"no results came back; jobs: {monitor_text(node)}\n{node.log_text()}")
+    results = results_for(pacs, str(dcmread(series[0], stop_before_pixels=True).StudyInstanceUID))
+    assert "SR" in results
+    for kind, path in results.items():
+        errors, warnings = dciodvfy(path)
+        print(kind, "dciodvfy warnings:", warnings)
+        assert errors == [], errors
+        # copied from the source study on purpose: its empty Study ID and GE's private "GEIIS" codes
+        assert all("Study ID" in w or "<GEIIS>" in w for w in warnings), warnings
