@@ -81,7 +81,11 @@ class StoreSCP:
             [require("storescp"), "-aet", self.ae_title, "-od", str(self.folder), "-uf", "-fe", ".dcm", str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
-        wait_for(lambda: echoscu(self.port, self.ae_title, "PROBE"), 20, "storescp did not start")
+        try:
+            wait_for(lambda: echoscu(self.port, self.ae_title, "PROBE"), 20, "storescp did not start")
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def files(self) -> list[Path]:
@@ -277,4 +281,5 @@ class Orthanc:
         if self.process and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=30)
-        self.log.close()
+        if self.process is not None:
+            self.log.close()

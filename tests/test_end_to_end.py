@@ -29,10 +29,12 @@ LABELS = {"Lung": 1, "Lesion": 2}
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, StoreSCP]]:
     root = tmp_path_factory.mktemp("e2e")
     pacs = StoreSCP(root / "pacs").start()
-    node = NodeProcess(root / "node", pacs.port).serve()
-    yield node, pacs
-    node.stop()
-    pacs.stop()
+    node = NodeProcess(root / "node", pacs.port)
+    try:
+        yield node.serve(), pacs
+    finally:
+        node.stop()
+        pacs.stop()
 
 
 def job_for(node: NodeProcess, series_uid: str, states: tuple[str, ...]) -> monitor.JobRow | None:

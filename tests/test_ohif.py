@@ -138,12 +138,12 @@ def test_ohif_lists_and_draws_the_segments(tmp_path: Path, viewer: Path, node_fa
     orthanc = Orthanc(tmp_path / "orthanc")
     node: NodeProcess = node_factory(orthanc.dicom, callers='["ORTHANC", "STORESCU"]', pacs_ae="ORTHANC",
                                      settle_seconds=1.0)
-    orthanc.start(node.port)
-    node.serve()
     server = SameOrigin(dist.resolve(), orthanc.http)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     browser = None
     try:
+        orthanc.start(node.port)
+        node.serve()
         series: PhantomSeries = phantom_series(tmp_path / "series", seed=61, lesions=(2, 2), matrix=192,
                                                slice_thickness=3.0)
         study_uid = series.identity.study_instance_uid

@@ -19,10 +19,12 @@ pytestmark = pytest.mark.slow
 def orthanc_and_node(tmp_path: Path, node_factory) -> Iterator[tuple[Orthanc, NodeProcess]]:  # type: ignore[no-untyped-def]
     orthanc = Orthanc(tmp_path / "orthanc")
     node = node_factory(orthanc.dicom, callers='["ORTHANC", "STORESCU"]', pacs_ae="ORTHANC", settle_seconds=1.0)
-    orthanc.start(node.port)
-    node.serve()
-    yield orthanc, node
-    orthanc.stop()
+    try:
+        orthanc.start(node.port)
+        node.serve()
+        yield orthanc, node
+    finally:
+        orthanc.stop()
 
 
 def test_orthanc_sends_a_study_and_gets_seg_and_sr_back_once(
