@@ -9,16 +9,12 @@ the peak memory (max RSS) of each process. The wall times include a small launch
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from series import ct_series
+from common import arguments, ct_series, timed, tool
 
 ASSEMBLE = """
 import sys, time
@@ -31,27 +27,9 @@ print(f"{imported - start:.3f} {time.perf_counter() - imported:.3f} {volume.imag
 """
 
 
-PEAK = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); " \
-       "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)"
-
-
-def timed(command: list[str]) -> tuple[float, float, str]:
-    """Wall time, peak RSS (MB) and output of one child process (measured by a fresh parent of its own)."""
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", PEAK, *command], capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} failed: {result.stderr[-2000:]}")
-    peak_kb = int(result.stderr.strip().splitlines()[-1])
-    return elapsed, peak_kb / 1024, result.stdout
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    dcm2niix = shutil.which("dcm2niix") or str(Path(sys.executable).parent / "dcm2niix")
+    args = arguments(__doc__)
+    dcm2niix = tool("dcm2niix")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         series = work / "series"

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ainode.demo import echo, free_port, wait_for
-from series import ct_series
+from common import ct_series
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 

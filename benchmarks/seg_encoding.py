@@ -8,20 +8,16 @@ Both read the source series' headers and the mask from disk and write a BINARY S
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from series import ct_series
+from common import arguments, ct_series, timed, tool
 from worker.geometry import assemble
 
 AINODE = """
@@ -30,7 +26,7 @@ from pathlib import Path
 import numpy as np, SimpleITK as sitk
 from worker.geometry import assemble
 from worker.identity import OutputSettings, result_identity
-from worker.modelspec import ModelSpec, load_spec
+from worker.modelspec import load_spec
 from worker.files import save_atomic
 from worker.seg import build_segmentation
 series, mask, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
@@ -52,20 +48,9 @@ def segment(name: str, label: int, rgb: list[int]) -> dict[str, object]:
                                                   "CodeMeaning": "Lesion"}}
 
 
-def run(command: list[str]) -> float:
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{command[0]} failed: {(result.stdout + result.stderr)[-2000:]}")
-    return time.perf_counter() - start
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--slices", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    tool = shutil.which("itkimage2segimage") or str(Path(sys.executable).parent / "itkimage2segimage")
+    args = arguments(__doc__)
+    itkimage2segimage = tool("itkimage2segimage")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         series = work / "series"
@@ -88,11 +73,11 @@ def main() -> None:
               f"{args.rounds} interleaved rounds, whole processes")
         times: dict[str, list[float]] = {"dcmqi itkimage2segimage": [], "ainode (highdicom)": []}
         for n in range(args.rounds):
-            times["dcmqi itkimage2segimage"].append(run([
-                tool, "--inputImageList", str(work / "mask.nii.gz"), "--inputDICOMDirectory", str(series),
-                "--inputMetadata", str(work / "meta.json"), "--outputDICOM", str(work / f"dcmqi{n}.dcm")]))
-            times["ainode (highdicom)"].append(run([sys.executable, "-c", AINODE, str(series),
-                                                    str(work / "mask.nii.gz"), str(work / f"ainode{n}.dcm")]))
+            times["dcmqi itkimage2segimage"].append(timed([
+                itkimage2segimage, "--inputImageList", str(work / "mask.nii.gz"), "--inputDICOMDirectory", str(series),
+                "--inputMetadata", str(work / "meta.json"), "--outputDICOM", str(work / f"dcmqi{n}.dcm")])[0])
+            times["ainode (highdicom)"].append(timed([sys.executable, "-c", AINODE, str(series),
+                                                      str(work / "mask.nii.gz"), str(work / f"ainode{n}.dcm")])[0])
         medians = {name: statistics.median(values) for name, values in times.items()}
         for name, seconds in medians.items():
             print(f"{name:24s} {seconds:6.2f} s  (rounds: {', '.join(f'{t:.2f}' for t in times[name])})")

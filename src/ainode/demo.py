@@ -92,7 +92,10 @@ class StandInPacs:
 def send_files(paths: list[Path], port: int, called: str = "AINODE", calling: str = SENDER_AE) -> list[int]:
     """C-STORE files with pynetdicom (TCP_NODELAY) and return the statuses."""
     ae = AE(ae_title=calling)
-    contexts = {(str(dcmread(p, stop_before_pixels=True).SOPClassUID), "1.2.840.10008.1.2.1") for p in paths[:1]}
+    contexts = set()
+    for path in paths:  # each file goes as it is stored: propose exactly its SOP class and transfer syntax
+        meta = dcmread(path, stop_before_pixels=True).file_meta
+        contexts.add((str(meta.MediaStorageSOPClassUID), str(meta.TransferSyntaxUID)))
     for sop_class, syntax in contexts:
         ae.add_requested_context(sop_class, syntax)
 
@@ -230,9 +233,8 @@ def run_demo(out: Path, seed: int = 7, timeout: float = 110.0, console: Console 
         failed = [s for s in statuses if s != 0]
         console.print(f"[bold]3.[/] sent {len(paths)} instances in {time.monotonic() - sent:.1f} s "
                       f"({len(failed)} failures)")
-        found = wait_for(lambda: {"SEG", "SR"} <= set(pacs.modalities()), timeout,
-                         "the SEG and SR did not arrive at the stand-in PACS")
-        del found
+        wait_for(lambda: {"SEG", "SR"} <= set(pacs.modalities()), timeout,
+                 "the SEG and SR did not arrive at the stand-in PACS")
         received = pacs.modalities()
         console.print(f"[bold]4.[/] SEG and SR arrived {time.monotonic() - sent:.1f} s after sending started")
         settings = load_settings(config_path)

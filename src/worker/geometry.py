@@ -122,9 +122,6 @@ def _rescale(item: Dataset | None) -> tuple[float, float]:
 def frames_of(ds: Dataset, path: Path) -> list[Frame]:
     """The frames of one instance, with their geometry from the header or the functional groups."""
     uid = str(ds.get("SOPInstanceUID", path.name))
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise RejectedInput(f"instance {uid} is a colour image (SamplesPerPixel {ds.SamplesPerPixel}), "
-                            "not a volume slice")
     count = int(ds.get("NumberOfFrames", 1) or 1)
     if count == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
         slope, intercept = _rescale(ds)

@@ -9,7 +9,7 @@ from pydicom.sr.codedict import codes
 
 from worker.geometry import Volume
 from worker.identity import OutputSettings, ResultIdentity
-from worker.modelspec import ModelSpec
+from worker.modelspec import LabelSpec, ModelSpec
 from worker.seg import coded, contributing_equipment, present_labels, tracking_uid
 
 MILLILITRE = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
@@ -22,11 +22,11 @@ PROCEDURE = {
 }
 
 
-def measure(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> dict[str, dict[str, float]]:
-    """Volume (mL), mean and standard deviation of the image inside each present label."""
+def measure(volume: Volume, labels: np.ndarray, present: list[LabelSpec]) -> dict[str, dict[str, float]]:
+    """Volume (mL), and for CT mean and standard deviation of HU, inside each present label."""
     values = None
     out = {}
-    for label in present_labels(spec, labels):
+    for label in present:
         mask = labels == label.value
         entry = {"volume_ml": float(mask.sum()) * volume.voxel_ml}
         if volume.modality == "CT":
@@ -89,10 +89,11 @@ def build_nothing_found_report(volume: Volume, spec: ModelSpec, identity: Result
 
 def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, spec: ModelSpec,
                  identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
-    figures = measure(volume, labels, spec)
+    present = present_labels(spec, labels)
+    figures = measure(volume, labels, present)
     source_series = hd.sr.SourceSeriesForSegmentation(volume.datasets[0].SeriesInstanceUID)
     groups = []
-    for number, label in enumerate(present_labels(spec, labels), start=1):
+    for number, label in enumerate(present, start=1):
         entry = figures[label.name]
         measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(entry["volume_ml"], 3), unit=MILLILITRE)]
         if "mean" in entry:
