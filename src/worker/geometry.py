@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from db.errors import RejectedInput, TransientFailure
+from worker import header
 from worker.pixels import read_pixels
 
 ORIENTATION_TOLERANCE = 1e-4
@@ -42,7 +43,7 @@ class Frame:
 
     @property
     def name(self) -> str:
-        uid = str(self.dataset.get("SOPInstanceUID", "?"))
+        uid = header.string(self.dataset, "SOPInstanceUID", "?")
         return uid if self.number is None else f"{uid} frame {self.number}"
 
 
@@ -111,24 +112,33 @@ def _group(ds: Dataset, index: int, sequence: str) -> Dataset | None:
     return None
 
 
-def _rescale(item: Dataset | None) -> tuple[float, float]:
+def _rescale(item: Dataset | None, name: str) -> tuple[float, float]:
     if item is None:
         return 1.0, 0.0
-    slope = float(item.get("RescaleSlope", 1) or 1)
-    intercept = float(item.get("RescaleIntercept", 0) or 0)
+    try:
+        slope = header.number(item, "RescaleSlope", 1.0) or 1.0
+        intercept = header.number(item, "RescaleIntercept", 0.0)
+    except ValueError:
+        raise RejectedInput(f"instance {name} has an unusable RescaleSlope or RescaleIntercept "
+                            f"({header.strings(item, 'RescaleSlope')}, {header.strings(item, 'RescaleIntercept')})")
+    if not (np.isfinite(slope) and np.isfinite(intercept)):
+        raise RejectedInput(f"instance {name} has a RescaleSlope of {slope} and a RescaleIntercept of {intercept}")
     return slope, intercept
 
 
 def frames_of(ds: Dataset, path: Path) -> list[Frame]:
     """The frames of one instance, with their geometry from the header or the functional groups."""
-    uid = str(ds.get("SOPInstanceUID", path.name))
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    uid = header.string(ds, "SOPInstanceUID", path.name)
+    try:
+        count = int(header.number(ds, "NumberOfFrames", 1) or 1)
+    except ValueError:
+        raise RejectedInput(f"instance {uid} has NumberOfFrames {header.strings(ds, 'NumberOfFrames')}")
     if count == 1 and "PerFrameFunctionalGroupsSequence" not in ds:
-        slope, intercept = _rescale(ds)
+        slope, intercept = _rescale(ds, uid)
         return [Frame(path, ds, None,
-                      _floats(ds.get("ImagePositionPatient"), 3, "ImagePositionPatient", uid),
-                      _floats(ds.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", uid),
-                      _floats(ds.get("PixelSpacing"), 2, "PixelSpacing", uid), slope, intercept)]
+                      _floats(header.strings(ds, "ImagePositionPatient"), 3, "ImagePositionPatient", uid),
+                      _floats(header.strings(ds, "ImageOrientationPatient"), 6, "ImageOrientationPatient", uid),
+                      _floats(header.strings(ds, "PixelSpacing"), 2, "PixelSpacing", uid), slope, intercept)]
     frames = []
     for i in range(count):
         name = f"{uid} frame {i + 1}"
@@ -139,11 +149,14 @@ def frames_of(ds: Dataset, path: Path) -> list[Frame]:
             raise RejectedInput(f"instance {name} has no plane position, orientation or pixel measures in its "
                                 "functional groups")
         transform = _group(ds, i, "PixelValueTransformationSequence")
-        slope, intercept = _rescale(transform if transform is not None else ds)
+        slope, intercept = _rescale(transform if transform is not None else ds, name)
         frames.append(Frame(path, ds, i + 1,
-                            _floats(position.get("ImagePositionPatient"), 3, "ImagePositionPatient", name),
-                            _floats(orientation.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", name),
-                            _floats(measures.get("PixelSpacing"), 2, "PixelSpacing", name), slope, intercept))
+                            _floats(header.strings(position, "ImagePositionPatient"), 3, "ImagePositionPatient",
+                                    name),
+                            _floats(header.strings(orientation, "ImageOrientationPatient"), 6,
+                                    "ImageOrientationPatient", name),
+                            _floats(header.strings(measures, "PixelSpacing"), 2, "PixelSpacing", name),
+                            slope, intercept))
     return frames
 
 
@@ -173,6 +186,10 @@ def _refuse_several_volumes(frames: list[Frame], distance: np.ndarray) -> None:
                             "b-values); not assembled as one volume")
 
 
+def _matrix(ds: Dataset) -> tuple[int, int]:
+    return header.unsigned(ds, "Rows", 0), header.unsigned(ds, "Columns", 0)
+
+
 @dataclass(frozen=True)
 class Stack:
     """How the sorted frames make a grid: their order, the grid's direction and spacing, and the slot
@@ -198,12 +215,11 @@ def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> S
     normal = np.cross(row, col)
     if abs(np.linalg.norm(normal) - 1.0) > 1e-3:
         raise RejectedInput(f"instance {first.name}: ImageOrientationPatient {list(iop)} is not orthonormal")
-    matrix = (first.dataset.get("Rows"), first.dataset.get("Columns"))
+    matrix = _matrix(first.dataset)
     for frame in frames:
-        ds = frame.dataset
-        if (ds.get("Rows"), ds.get("Columns")) != matrix:
-            raise RejectedInput(f"instance {frame.name} is {ds.get('Rows')}x{ds.get('Columns')}, the series is "
-                                f"{matrix[0]}x{matrix[1]}")
+        if _matrix(frame.dataset) != matrix:
+            rows, columns = _matrix(frame.dataset)
+            raise RejectedInput(f"instance {frame.name} is {rows}x{columns}, the series is {matrix[0]}x{matrix[1]}")
         if np.abs(frame.orientation - iop).max() > ORIENTATION_TOLERANCE:
             raise RejectedInput(f"instance {frame.name} has orientation {list(frame.orientation)}, the series "
                                 f"{list(iop)}: more than one orientation in one series")
@@ -264,12 +280,12 @@ VOLUME_SOP_CLASSES = {
 
 def _why_not_a_slice(ds: Dataset) -> str | None:
     """Why an instance is not part of an image volume, or None when it may be."""
-    sop_class = UID(str(ds.get("SOPClassUID", "")))
+    sop_class = UID(header.string(ds, "SOPClassUID"))
     if sop_class not in VOLUME_SOP_CLASSES:
         return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
-    if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+    if "LOCALIZER" in [v.upper() for v in header.strings(ds, "ImageType")]:
         return "a localizer (ImageType LOCALIZER)"
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+    if header.unsigned(ds, "SamplesPerPixel", 1) != 1:
         return f"a colour image ({ds.get('PhotometricInterpretation', 'SamplesPerPixel 3')})"
     return None
 
@@ -318,7 +334,7 @@ def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
     for path, ds in _read_headers(paths):
         reason = _why_not_a_slice(ds)
         if reason:
-            ignored.append(f"{ds.get('SOPInstanceUID', path.name)}: {reason}")
+            ignored.append(f"{header.string(ds, 'SOPInstanceUID', path.name)}: {reason}")
             continue
         frames.extend(frames_of(ds, path))
     if not frames:

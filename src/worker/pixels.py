@@ -5,14 +5,17 @@ Geometry (which frame goes where) is decided in ``worker.geometry``; this module
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from db.errors import RejectedInput
+from db.errors import RejectedInput, TransientFailure
+from worker import header
 
 if TYPE_CHECKING:
     from worker.geometry import Frame
@@ -21,19 +24,29 @@ if TYPE_CHECKING:
 _NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
 
-def _stored_values(ds: Dataset) -> np.ndarray:
+def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
     """Stored values of every frame, (frames, rows, cols). Native little endian is read straight from
-    the bytes (pydicom's general decoder costs ~3 ms a slice); everything else goes through pydicom."""
+    the file at the element's offset (pydicom's general decoder costs ~3 ms a slice); everything else
+    (compressed, big endian, deflated, colour) goes through pydicom."""
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
-    allocated, stored = int(ds.BitsAllocated), int(ds.get("BitsStored", ds.BitsAllocated))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    shape = (frames, int(ds.Rows), int(ds.Columns))
-    if syntax in _NATIVE_LITTLE_ENDIAN and allocated in (8, 16, 32) and int(ds.get("SamplesPerPixel", 1)) == 1:
-        signed = int(ds.get("PixelRepresentation", 0)) == 1
+    allocated = header.unsigned(ds, "BitsAllocated", 0)
+    stored = header.unsigned(ds, "BitsStored", allocated)
+    frames = int(header.number(ds, "NumberOfFrames", 1) or 1)
+    shape = (frames, header.unsigned(ds, "Rows", 0), header.unsigned(ds, "Columns", 0))
+    if syntax in _NATIVE_LITTLE_ENDIAN and allocated in (8, 16, 32) and header.unsigned(ds, "SamplesPerPixel", 1) == 1:
+        signed = header.unsigned(ds, "PixelRepresentation", 0) == 1
         dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
         count = int(np.prod(shape))
-        array = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(shape)
+        raw = ds.get_item("PixelData", keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None and syntax != DeflatedExplicitVRLittleEndian \
+                and count * dtype.itemsize <= raw.length != 0xFFFFFFFF:
+            array = np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell)  # deferred: not read yet
+            if array.size < count:
+                raise ValueError(f"PixelData holds {array.size} of the {count} values {shape} needs")
+        else:
+            array = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+        array = array.reshape(shape)
         if stored < allocated:
             shift = allocated - stored
             array = (array << shift) >> shift if signed else array & ((1 << stored) - 1)
@@ -48,8 +61,8 @@ def _output_type(frames: list[Frame]) -> type:
     ds = frames[0].dataset
     if any(f.slope != 1.0 or f.intercept != int(f.intercept) for f in frames):
         return np.float32
-    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    bits = header.unsigned(ds, "BitsStored", header.unsigned(ds, "BitsAllocated", 16))
+    signed = header.unsigned(ds, "PixelRepresentation", 0) == 1
     low, high = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
     shifts = [int(f.intercept) for f in frames]
     if low + min(shifts) >= -32768 and high + max(shifts) <= 32767:
@@ -57,36 +70,40 @@ def _output_type(frames: list[Frame]) -> type:
     return np.float32
 
 
-def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
-    """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
-    with its own slope and intercept, into one array in slice order (int16 or float32)."""
-    first = frames[0].dataset
-    out = np.empty((slots[-1] + 1, int(first.Rows), int(first.Columns)), dtype=_output_type(frames))
-    multiframe: dict[int, np.ndarray] = {}  # decoded once, used for each of its frames
-    for k, frame in enumerate(frames):
-        key = id(frame.dataset)
-        try:
-            stored = multiframe.get(key)
-            if stored is None:
-                stored = _stored_values(frame.dataset)
-                if frame.number is not None:
-                    multiframe[key] = stored
-                else:
-                    del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
-        except Exception as exc:
-            raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
-        values, slot = stored[(frame.number or 1) - 1], slots[k]
+def _fill(out: np.ndarray, instance: list[tuple[Frame, int]]) -> None:
+    """Decode one instance and write each of its frames, rescaled, into its slot of ``out``."""
+    frame = instance[0][0]
+    try:
+        stored = _stored_values(frame.dataset, frame.path)
+    except OSError as exc:
+        raise TransientFailure(f"stored file {frame.path} cannot be read: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
+    for frame, slot in instance:
+        values = stored[(frame.number or 1) - 1]
         if out.dtype == np.int16:
             np.add(values, np.int32(frame.intercept), out=out[slot], casting="unsafe")
         else:
             np.multiply(values, np.float32(frame.slope), out=out[slot], casting="unsafe")
             out[slot] += np.float32(frame.intercept)
+    if "PixelData" in frame.dataset:
+        del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
+
+
+def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
+    """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
+    with its own slope and intercept, into one array in slice order (int16 or float32)."""
+    first = frames[0].dataset
+    rows, columns = header.unsigned(first, "Rows", 0), header.unsigned(first, "Columns", 0)
+    out = np.empty((slots[-1] + 1, rows, columns), dtype=_output_type(frames))
+    instances: dict[int, list[tuple[Frame, int]]] = {}  # each instance decoded once, for all its frames
+    for frame, slot in zip(frames, slots):
+        instances.setdefault(id(frame.dataset), []).append((frame, slot))
+    for instance in instances.values():
+        _fill(out, instance)
     for before, after in zip(slots, slots[1:]):  # missing slices, when allowed: linear between neighbours
         for slot in range(before + 1, after):
             weight = (slot - before) / (after - before)
             mixed = (1 - weight) * out[before].astype(np.float32) + weight * out[after].astype(np.float32)
             out[slot] = np.rint(mixed) if out.dtype == np.int16 else mixed
-    for frame in frames:
-        if "PixelData" in frame.dataset:
-            del frame.dataset.PixelData
     return sitk.GetImageFromArray(out)
