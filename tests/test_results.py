@@ -196,3 +196,20 @@ def test_highdicom_reads_both_objects_back_without_warnings(built) -> None:  # t
         sr = hd.sr.srread(folder / "sr.dcm")
         sr.content.get_volumetric_roi_measurement_groups()
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("kept, name", [(2, "Lesion"), (1, "Lung")])
+def test_segments_are_numbered_from_one_and_undescribed_values_left_out(small_series: PhantomSeries, kept: int,
+                                                                        name: str) -> None:
+    """One label found (the lesion, value 2, or the lung, value 1) beside a value no label describes:
+    one segment, number 1, holding exactly that label's voxels."""
+    spec = load_spec()
+    volume = assemble(small_series.paths, spec.min_slices)
+    truth = small_series.case.labels
+    labels = np.where(truth == kept, kept, np.where(truth > 0, 9, 0)).astype(np.uint8)
+    identity = result_identity(spec, "digest", [str(ds.SOPInstanceUID) for ds in volume.datasets])
+    seg = build_segmentation(volume, labels, spec, identity, OutputSettings())
+    assert [(int(d.SegmentNumber), str(d.SegmentLabel)) for d in seg.SegmentSequence] == [(1, name)]
+    uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
+    mask = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(mask[..., 0] > 0, truth == kept)
