@@ -16,12 +16,14 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 # The real peers the tests talk to: DCMTK (storescu, storescp, echoscu), Orthanc with DICOMweb (a PACS),
-# dicom3tools' dciodvfy (the validator), and Chromium with its driver (OHIF in a browser).
+# dicom3tools' dciodvfy (the validator), Chromium with its driver and nginx (OHIF in a browser, served with
+# the compose file's site configuration).
 peers:
 	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null && \
-		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null || \
+		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null && \
+		command -v nginx >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver; }
+		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver nginx; }
 
 demo: install
 	$(BIN)/ainode demo

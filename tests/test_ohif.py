@@ -1,5 +1,5 @@
-"""OHIF 3 shows ainode's SEG: Orthanc (DICOMweb) and OHIF's prebuilt viewer on one origin, headless
-Chromium driven by Selenium. The segment panel lists every segment by its label, and the screenshot with
+"""OHIF 3 shows ainode's SEG: Orthanc (DICOMweb) and OHIF's prebuilt viewer on one origin (nginx with the
+compose file's site configuration and OHIF configuration), headless Chromium driven by Selenium. The segment panel lists every segment by its label, and the screenshot with
 the segment shown differs from the one with it hidden where the mask is. Screenshots are kept as test
 artefacts in ``test-artifacts/``."""
 
@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.server
+import os
 import shutil
 import subprocess
 import tarfile
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -48,56 +47,59 @@ def fetch_ohif() -> Path:
     return tarball
 
 
-class SameOrigin(http.server.ThreadingHTTPServer):
-    """Serves OHIF's dist/ and proxies /dicom-web and /wado to Orthanc, as a hospital's web server would."""
-
-    def __init__(self, dist: Path, orthanc_port: int) -> None:
-        self.dist = dist
-        self.orthanc_port = orthanc_port
-        super().__init__(("127.0.0.1", free_port()), _Handler)
+NGINX_SITE = Path(__file__).resolve().parents[1] / "docker" / "ohif" / "nginx.conf"  # the compose file's site
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: SameOrigin
+class SameOrigin:
+    """Debian's nginx serving OHIF's dist/ and proxying /dicom-web and /wado to Orthanc with the compose
+    file's own site configuration (docker/ohif/nginx.conf); only its port, upstream and root are moved
+    to this test's."""
 
-    def log_message(self, *args: object) -> None:
-        pass
+    def __init__(self, folder: Path, dist: Path, orthanc_port: int) -> None:
+        self.port = free_port()
+        self.folder = folder
+        folder.mkdir(parents=True)
+        site = NGINX_SITE.read_text()
+        for old, new in (("listen 80;", f"listen 127.0.0.1:{self.port};"),
+                         ("http://orthanc:8042/", f"http://127.0.0.1:{orthanc_port}/"),
+                         ("root /usr/share/nginx/html;", f"root {dist};")):
+            assert old in site, f"{NGINX_SITE} no longer has {old!r}: update this test with it"
+            site = site.replace(old, new)
+        (folder / "site.conf").write_text(site)
+        user = "user root;\n" if os.geteuid() == 0 else ""  # workers read the test's private folder
+        temp = "".join(f"    {kind}_temp_path {folder / kind};\n" for kind in ("client_body", "proxy", "fastcgi",
+                                                                              "uwsgi", "scgi"))
+        (folder / "nginx.conf").write_text(
+            f"{user}worker_processes 1;\npid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'};\n"
+            "events {}\nhttp {\n    include /etc/nginx/mime.types;\n    default_type application/octet-stream;\n"
+            f"    access_log off;\n    sendfile on;\n{temp}    include {folder / 'site.conf'};\n}}\n")
+        self.process: subprocess.Popen[bytes] | None = None
 
-    def _headers(self, status: int, content_type: str, length: int) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(length))
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-        self.end_headers()
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.startswith(("/dicom-web", "/wado")):
-            self._proxy()
-            return
-        relative = self.path.split("?")[0].lstrip("/") or "index.html"
-        target = (self.server.dist / relative).resolve()
-        if not target.is_file() or self.server.dist not in target.parents:
-            target = self.server.dist / "index.html"
-        body = target.read_bytes()
-        types = {".js": "application/javascript", ".css": "text/css", ".html": "text/html", ".wasm": "application/wasm",
-                 ".json": "application/json", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
-        self._headers(200, types.get(target.suffix, "application/octet-stream"), len(body))
-        self.wfile.write(body)
+    def start(self) -> None:
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        if not Path(nginx).exists():
+            pytest.fail("Debian's nginx is needed (.ci/run installs it)")
+        self.process = subprocess.Popen([nginx, "-p", str(self.folder), "-c", str(self.folder / "nginx.conf"),
+                                         "-g", "daemon off;"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        wait_for(lambda: self.process.poll() is not None or self._answers(), 30,  # type: ignore[union-attr]
+                 lambda: f"nginx did not start: {(self.folder / 'error.log').read_text(errors='replace')}")
+        assert self.process.poll() is None, (self.folder / "error.log").read_text(errors="replace")
 
-    def _proxy(self) -> None:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.server.orthanc_port}{self.path}",
-                                         headers={k: v for k, v in self.headers.items()
-                                                  if k.lower() in ("accept", "host")})
+    def _answers(self) -> bool:
         try:
-            with urllib.request.urlopen(request, timeout=120) as response:
-                body, status = response.read(), response.status
-                content_type = response.headers.get("Content-Type", "application/octet-stream")
-        except urllib.error.HTTPError as exc:
-            body, status, content_type = exc.read(), exc.code, exc.headers.get("Content-Type", "text/plain")
-        self._headers(status, content_type, len(body))
-        self.wfile.write(body)
+            with urllib.request.urlopen(f"{self.origin}/app-config.js", timeout=5) as response:
+                return response.status == 200 and response.headers.get("Cross-Origin-Opener-Policy") == "same-origin"
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
 
 @pytest.fixture()
@@ -138,10 +140,10 @@ def test_ohif_lists_and_draws_the_segments(tmp_path: Path, viewer: Path, node_fa
     orthanc = Orthanc(tmp_path / "orthanc")
     node: NodeProcess = node_factory(orthanc.dicom, callers='["ORTHANC", "STORESCU"]', pacs_ae="ORTHANC",
                                      settle_seconds=1.0)
-    server = SameOrigin(dist.resolve(), orthanc.http)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = SameOrigin(tmp_path / "nginx", dist.resolve(), orthanc.http)
     browser = None
     try:
+        server.start()
         orthanc.start(node.port)
         node.serve()
         series: PhantomSeries = phantom_series(tmp_path / "series", seed=61, lesions=(2, 2), matrix=192,
@@ -155,8 +157,7 @@ def test_ohif_lists_and_draws_the_segments(tmp_path: Path, viewer: Path, node_fa
 
         browser = chromium()
         browser.set_page_load_timeout(120)
-        origin = f"http://127.0.0.1:{server.server_address[1]}"
-        browser.get(f"{origin}/viewer?StudyInstanceUIDs={study_uid}&initialSeriesInstanceUID={seg_series_uid}")
+        browser.get(f"{server.origin}/viewer?StudyInstanceUIDs={study_uid}&initialSeriesInstanceUID={seg_series_uid}")
         wait_for(lambda: "Do you want to open this Segmentation" in browser.page_source, 120,
                  lambda: f"OHIF did not offer the SEG; page: {browser.page_source[:2000]}")
         browser.find_element(By.CSS_SELECTOR, "[data-cy=yes-hydrate-btn]").click()
@@ -189,5 +190,5 @@ def test_ohif_lists_and_draws_the_segments(tmp_path: Path, viewer: Path, node_fa
     finally:
         if browser is not None:
             browser.quit()
-        server.shutdown()
+        server.stop()
         orthanc.stop()
