@@ -59,3 +59,9 @@ def test_a_bad_environment_value_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_settings(tmp_path / "nope.toml")
+
+
+def test_an_environment_variable_for_no_section_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AINODE_WORKERS__DEVICE", "cuda")  # "workers": a typo for "worker"
+    with pytest.raises(ConfigurationError, match="AINODE_WORKERS__DEVICE: unknown section 'workers'"):
+        load_settings(None)

@@ -8,8 +8,10 @@ Environment overrides use ``__`` between levels: ``AINODE_NODE__PORT=11113``,
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -175,6 +177,18 @@ def _describe(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _refuse_unknown_sections(environment: Mapping[str, str]) -> None:
+    """pydantic-settings ignores an ``AINODE_`` variable whose section it does not know (a typo such as
+    ``AINODE_WORKERS__DEVICE``); a setting an operator believes is in force must not be silently dropped."""
+    sections = set(Settings.model_fields)
+    for key in sorted(environment):
+        if key.upper().startswith("AINODE_"):
+            section = key[len("AINODE_"):].split("__")[0].lower()
+            if section not in sections:
+                raise ConfigurationError(f"environment variable {key}: unknown section {section!r} "
+                                         f"(sections: {', '.join(sorted(sections))})")
+
+
 def load_settings(path: Path | None = None) -> Settings:
     """Settings from ``path`` (if any) with environment overrides; ``ConfigurationError`` when invalid."""
     data: dict[str, Any] = {}
@@ -187,6 +201,7 @@ def load_settings(path: Path | None = None) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
     data.setdefault("destinations", {"pacs": dict(DEFAULT_DESTINATION)})
+    _refuse_unknown_sections(os.environ)
     try:
         return Settings(**data)
     except ValidationError as exc:
