@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from pydicom import dcmread
+
 from conftest import SHARED_DATA
-from worker.geometry import assemble
+from db.errors import RejectedInput
+from worker.geometry import assemble, frames_of
+from worker.pixels import read_pixels
 
 D2N = SHARED_DATA / "dicom2nifti" / "tests" / "data"
 
@@ -83,15 +87,27 @@ def test_legacy_converted_enhanced_ct_equals_its_single_frame_source(case: str) 
     np.testing.assert_array_equal(sitk.GetArrayFromImage(multi), sitk.GetArrayFromImage(single))
 
 
+def decoded(path: Path) -> np.ndarray:
+    """The stored image of one instance through ainode's pixel path (headers, codecs, rescale)."""
+    frames = frames_of(dcmread(path, defer_size=4096), path)
+    return sitk.GetArrayFromImage(read_pixels(frames, list(range(len(frames)))))
+
+
 @pytest.mark.parametrize("number", range(2, 10))
 def test_every_transfer_syntax_decodes_to_the_uncompressed_pixels(number: int) -> None:
     """dcm_qa_ts: one Siemens MR image in implicit and big endian, RLE, JPEG lossless (×2), JPEG-LS (×2)
-    and JPEG 2000, each against the explicit little endian original (1.dcm)."""
+    and JPEG 2000, each against the explicit little endian original (1.dcm). The image is a mosaic, which
+    assembly refuses (next test), so its pixels are read through the pixel path alone."""
     folder = SHARED_DATA / "dcm_qa_ts" / "In"
-    original = sitk.GetArrayFromImage(assemble([folder / "1.dcm"]).image)
-    decoded = sitk.GetArrayFromImage(assemble([folder / f"{number}.dcm"]).image)
-    assert original.any()
-    np.testing.assert_array_equal(decoded, original)
+    original = decoded(folder / "1.dcm")
+    assert original.shape == (1, 384, 384) and original.any()
+    np.testing.assert_array_equal(decoded(folder / f"{number}.dcm"), original)
+
+
+def test_a_siemens_mosaic_is_refused_not_taken_for_one_slice() -> None:
+    """35 slices tiled in one 384x384 image: as one slice its geometry would be wrong, so it is refused."""
+    with pytest.raises(RejectedInput, match=r"no image volume in the series: .*a Siemens mosaic"):
+        assemble([SHARED_DATA / "dcm_qa_ts" / "In" / "1.dcm"])
 
 
 @pytest.mark.parametrize("codec", ["compressed_rle", "compressed_jpegls", "compressed_j2k", "compressed_jpeg"])
@@ -105,12 +121,8 @@ def test_every_codec_of_one_series_decodes_to_the_same_pixels(codec: str) -> Non
 
 def test_a_multi_frame_object_holding_several_volumes_is_refused(tmp_path: Path) -> None:
     """Frames 5-8 of the Philips object moved onto the positions of frames 1-4: two volumes, not one."""
-    import pydicom
-
-    from db.errors import RejectedInput
-
     (source,) = files(D2N / "philips_enhanced" / "anatomical" / "001")
-    ds = pydicom.dcmread(source)
+    ds = dcmread(source)
     frames = ds.PerFrameFunctionalGroupsSequence
     for n in range(4):
         frames[n + 4].PlanePositionSequence[0].ImagePositionPatient = list(

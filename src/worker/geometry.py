@@ -283,8 +283,11 @@ def _why_not_a_slice(ds: Dataset) -> str | None:
     sop_class = UID(header.string(ds, "SOPClassUID"))
     if sop_class not in VOLUME_SOP_CLASSES:
         return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
-    if "LOCALIZER" in [v.upper() for v in header.strings(ds, "ImageType")]:
+    image_type = [v.upper() for v in header.strings(ds, "ImageType")]
+    if "LOCALIZER" in image_type:
         return "a localizer (ImageType LOCALIZER)"
+    if "MOSAIC" in image_type:
+        return "a Siemens mosaic (several slices tiled in one image, ImageType MOSAIC), which ainode does not split"
     if header.unsigned(ds, "SamplesPerPixel", 1) != 1:
         return f"a colour image ({ds.get('PhotometricInterpretation', 'SamplesPerPixel 3')})"
     return None
