@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast peers clean
+.PHONY: install demo test test-fast lint peers clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ainode needs Python 3.11, found " + sys.version.split()[0])'
@@ -28,7 +28,10 @@ peers:
 demo: install
 	$(BIN)/ainode demo
 
-test: install peers
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+test: install peers lint
 	$(BIN)/python -m pytest
 
 test-fast: install peers

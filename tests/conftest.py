@@ -101,7 +101,7 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     """Errors and warnings of dicom3tools' validator on one file."""
     result = subprocess.run([require("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
     lines = (result.stdout + result.stderr).splitlines()
-    return [l for l in lines if l.startswith("Error")], [l for l in lines if l.startswith("Warning")]
+    return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 
 
 def echoscu(port: int, called: str, calling: str = "STORESCU") -> bool:

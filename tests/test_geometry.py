@@ -9,6 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.fileset import FileSet
 
 from conftest import PhantomSeries, phantom_series
 from db.errors import RejectedInput
@@ -85,7 +86,7 @@ def test_a_slice_in_another_orientation_is_ignored_with_its_reason(tmp_path: Pat
                               "the main stack's",)
 
 
-def test_localizers_and_non_image_objects_are_ignored(tmp_path: Path) -> None:
+def test_localizers_non_image_objects_and_dicomdir_files_are_ignored(tmp_path: Path) -> None:
     series = phantom_series(tmp_path, seed=7, matrix=48, slice_thickness=5.0)
     scout = pydicom.dcmread(series.paths[5])
     scout.SOPInstanceUID += ".9"
@@ -96,11 +97,15 @@ def test_localizers_and_non_image_objects_are_ignored(tmp_path: Path) -> None:
     report.SOPInstanceUID += ".8"
     report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
     report.save_as(tmp_path / "report.dcm")
-    volume = assemble(series.paths + [tmp_path / "scout.dcm", tmp_path / "report.dcm"])
+    directory = FileSet()
+    directory.add(series.paths[0])
+    directory.write(tmp_path / "media")  # a DICOMDIR: no SOP Class UID of its own, only in its file meta
+    volume = assemble(series.paths + [tmp_path / "scout.dcm", tmp_path / "report.dcm", tmp_path / "media" / "DICOMDIR"])
     assert volume.image.GetSize()[2] == len(series.paths)
     assert sorted(volume.ignored) == sorted([
         f"{scout.SOPInstanceUID}: a localizer (ImageType LOCALIZER)",
         f"{report.SOPInstanceUID}: a Comprehensive 3D SR Storage object, not a CT, MR or PET image",
+        "DICOMDIR: a Media Storage Directory Storage object, not a CT, MR or PET image",
     ])
 
 

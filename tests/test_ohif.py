@@ -1,7 +1,7 @@
 """OHIF 3 shows ainode's SEG: Orthanc (DICOMweb) and OHIF's prebuilt viewer on one origin (nginx with the
-compose file's site configuration and OHIF configuration), headless Chromium driven by Selenium. The segment panel lists every segment by its label, and the screenshot with
-the segment shown differs from the one with it hidden where the mask is. Screenshots are kept as test
-artefacts in ``test-artifacts/``."""
+compose file's site configuration and OHIF configuration), headless Chromium driven by Selenium. The
+segment panel lists every segment by its label, and the screenshot with the segment shown differs from
+the one with it hidden where the mask is. Screenshots are kept as test artefacts in ``test-artifacts/``."""
 
 from __future__ import annotations
 

@@ -46,7 +46,8 @@ def test_orthanc_sends_a_study_and_gets_seg_and_sr_back_once(
     orthanc.post("/modalities/ainode/store", study_id.encode(), "text/plain")  # the same study again
     db = node.database()
     try:
-        first = [row for row in monitor.jobs(db) if row.series_instance_uid == small_series.identity.series_instance_uid]
+        series_uid = small_series.identity.series_instance_uid
+        first = [row for row in monitor.jobs(db) if row.series_instance_uid == series_uid]
         assert len(first) == 1 and first[0].state == "succeeded"
         # the re-sent instances are known: nothing new arrived, so the series does not settle into a new job
         wait_for(lambda: "already stored" in node.log_text(), 30, "the re-sent instances were not recognised")

@@ -17,7 +17,8 @@ POLICY = queue.QueuePolicy(settle_seconds=5, lease_seconds=30, max_attempts=2, b
 
 def receive(db: Database, series: str, sop: str, now: dt.datetime) -> bool:
     return ingest.record_instance(db, ingest.ReceivedInstance(
-        study_instance_uid="1.2.3", series_instance_uid=series, sop_instance_uid=sop, sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        study_instance_uid="1.2.3", series_instance_uid=series, sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         transfer_syntax_uid="1.2.840.10008.1.2.1", modality="CT", path=f"incoming/{sop}.dcm", size_bytes=10,
         calling_ae_title="STORESCU", patient_id="P1"), now=now)
 
@@ -84,8 +85,10 @@ def test_claim_heartbeat_complete_records_results_and_deliveries(database: Datab
     with database.transaction() as session:
         job = session.get(Job, job_id)
         assert (job.state, job.model, job.lease_owner) == ("succeeded", "model", None)
-        assert sorted(d.destination for d in session.scalars(select(Delivery))) == ["archive", "archive", "pacs", "pacs"]
-        kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))]
+        destinations = sorted(d.destination for d in session.scalars(select(Delivery)))
+        assert destinations == ["archive", "archive", "pacs", "pacs"]
+        events = select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id)
+        kinds = [e.kind for e in session.scalars(events)]
         assert kinds == ["queued", "claimed", "stage", "succeeded"]
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from pydicom import dcmread
 
 from conftest import SHARED_DATA

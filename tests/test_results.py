@@ -10,10 +10,10 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from conftest import PhantomSeries
+from worker.files import save_atomic
 from worker.geometry import assemble
 from worker.identity import OutputSettings, result_identity
 from worker.modelspec import load_spec
-from worker.files import save_atomic
 from worker.seg import build_segmentation
 from worker.sr import build_report
 
@@ -57,7 +57,8 @@ def test_both_objects_name_the_processing_equipment_and_its_model(built) -> None
         ours = [e for e in ds.ContributingEquipmentSequence if e.get("ManufacturerModelName") == spec.name
                 and e.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"]
         equipment = ours[0]
-        assert len(ours) == 1, [(e.Manufacturer, e.get("ManufacturerModelName")) for e in ds.ContributingEquipmentSequence]
+        found = [(e.Manufacturer, e.get("ManufacturerModelName")) for e in ds.ContributingEquipmentSequence]
+        assert len(ours) == 1, found
         assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
         assert equipment.ManufacturerModelName == spec.name
         assert equipment.DeviceSerialNumber == identity.device_uid

@@ -109,7 +109,6 @@ def test_nothing_found_gives_an_sr_that_says_so_or_nothing_as_configured(
 
     from conftest import dciodvfy
     from worker.identity import OutputSettings
-
     from worker.modelspec import DEMO_MODEL
 
     series = phantom_series(tmp_path / "src", seed=33, matrix=64, slice_thickness=5.0)

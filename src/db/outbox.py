@@ -70,7 +70,8 @@ def delivered(db: Database, delivery_id: int, status: int) -> None:
             delivery.lease_owner = delivery.lease_expires_at = None
 
 
-def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy, status: int | None = None) -> dt.datetime:
+def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy,
+           status: int | None = None) -> dt.datetime:
     """Record a failed send and schedule the next try; returns when that will be."""
     with db.transaction() as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)

@@ -14,22 +14,21 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGLossless,
     JPEGLosslessSV1,
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    UID,
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
-from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.sop_class import (
     CTImageStorage,
     EnhancedCTImageStorage,
@@ -43,6 +42,7 @@ from pynetdicom.sop_class import (
     PositronEmissionTomographyImageStorage,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from db import ingest

@@ -280,7 +280,9 @@ VOLUME_SOP_CLASSES = {
 
 def _why_not_a_slice(ds: Dataset) -> str | None:
     """Why an instance is not part of an image volume, or None when it may be."""
-    sop_class = UID(header.string(ds, "SOPClassUID"))
+    meta = getattr(ds, "file_meta", None)
+    sop_class = UID(header.string(ds, "SOPClassUID")
+                    or (str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else "") or "unknown")
     if sop_class not in VOLUME_SOP_CLASSES:
         return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
     image_type = [v.upper() for v in header.strings(ds, "ImageType")]
@@ -337,7 +339,7 @@ def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
     for path, ds in _read_headers(paths):
         reason = _why_not_a_slice(ds)
         if reason:
-            ignored.append(f"{header.string(ds, 'SOPInstanceUID', path.name)}: {reason}")
+            ignored.append(f"{header.string(ds, 'SOPInstanceUID') or path.name}: {reason}")
             continue
         frames.extend(frames_of(ds, path))
     if not frames:
