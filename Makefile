@@ -30,6 +30,7 @@ demo: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 test: install peers lint
 	$(BIN)/python -m pytest

@@ -9,12 +9,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 from rich.console import Console
 
 from db.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from ainode.config import Settings
+    from db.engine import Database
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -26,7 +31,7 @@ ConfigOption = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(2)
 
@@ -38,7 +43,7 @@ def _logging(verbose: bool = False) -> None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _settings(config: Optional[Path]):  # type: ignore[no-untyped-def]
+def _settings(config: Optional[Path]) -> Settings:
     from ainode.config import load_settings
 
     try:
@@ -47,7 +52,7 @@ def _settings(config: Optional[Path]):  # type: ignore[no-untyped-def]
         _fail(f"invalid configuration\n{exc}")
 
 
-def _database(settings):  # type: ignore[no-untyped-def]
+def _database(settings: Settings) -> Database:
     from db.engine import Database
 
     try:
@@ -57,7 +62,7 @@ def _database(settings):  # type: ignore[no-untyped-def]
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum, _frame):  # type: ignore[no-untyped-def]
+    def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
@@ -259,4 +264,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

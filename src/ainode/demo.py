@@ -155,7 +155,7 @@ def overlay_png(hu: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int,
         mask = labels[k] == value
         blended[mask] = 0.5 * blended[mask] + 0.5 * np.array(color, dtype=np.float32)
     picture = np.concatenate([rgb, blended], axis=1).astype(np.uint8)
-    Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2), Image.NEAREST).save(path)
+    Image.fromarray(picture).resize((picture.shape[1] * 2, picture.shape[0] * 2), Image.Resampling.NEAREST).save(path)
     return k
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import CursorResult, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Instance, Series, Study, utcnow
@@ -72,7 +74,7 @@ def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | Non
     return True
 
 
-def _new_series(session, item: ReceivedInstance, now: dt.datetime) -> int:  # type: ignore[no-untyped-def]
+def _new_series(session: Session, item: ReceivedInstance, now: dt.datetime) -> int:
     study = session.scalar(select(Study).where(Study.study_instance_uid == item.study_instance_uid))
     if study is None:
         study = Study(study_instance_uid=item.study_instance_uid, patient_id=item.patient_id,
@@ -106,4 +108,4 @@ def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:
                    or_(Series.released_at.is_(None), Series.released_at < Series.last_received_at))
             .values(released_at=now or utcnow())
         )
-        return int(result.rowcount or 0)
+        return int(cast(CursorResult[Any], result).rowcount or 0)

@@ -6,6 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, Series, Study
@@ -29,7 +30,7 @@ class JobRow:
     error: str | None
 
 
-def _stage_seconds(session, job_ids: list[int]) -> dict[int, dict[str, float]]:  # type: ignore[no-untyped-def]
+def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, float]]:
     """Seconds per stage of each job's latest attempt."""
     rows = session.execute(
         select(JobEvent.job_id, JobEvent.attempt, JobEvent.stage, JobEvent.seconds)
@@ -40,7 +41,7 @@ def _stage_seconds(session, job_ids: list[int]) -> dict[int, dict[str, float]]: 
         latest[job_id] = max(latest.get(job_id, 0), attempt)
     out: dict[int, dict[str, float]] = {}
     for job_id, attempt, stage, seconds in rows:
-        if attempt == latest[job_id]:
+        if attempt == latest[job_id] and stage is not None and seconds is not None:
             out.setdefault(job_id, {})[stage] = seconds
     return out
 

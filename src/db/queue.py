@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from db.backoff import exponential
 from db.engine import Database
@@ -121,7 +123,7 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
     return None
 
 
-def _owned(session, job_id: int, worker: str) -> Job | None:  # type: ignore[no-untyped-def]
+def _owned(session: Session, job_id: int, worker: str) -> Job | None:
     job = session.get(Job, job_id, with_for_update=True)
     if job is None or job.state != RUNNING or job.lease_owner != worker:
         return None
@@ -135,7 +137,7 @@ def heartbeat(db: Database, job_id: int, worker: str, policy: QueuePolicy) -> bo
             update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == worker)
             .values(lease_expires_at=utcnow() + dt.timedelta(seconds=policy.lease_seconds))
         )
-        return result.rowcount == 1
+        return cast(CursorResult[Any], result).rowcount == 1
 
 
 def record_stage(db: Database, job_id: int, worker: str, stage: str, seconds: float, message: str = "") -> None:

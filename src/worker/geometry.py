@@ -296,7 +296,7 @@ def _why_not_a_slice(ds: Dataset) -> str | None:
 
 
 def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
-    found = []
+    found: list[tuple[Path, Dataset]] = []
     for path in paths:
         try:
             found.append((path, dcmread(path, defer_size=4096)))  # pixels are read when decoded

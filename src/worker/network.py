@@ -71,6 +71,7 @@ class Segmenter:
                 tensor, roi_size=inf.roi_size, sw_batch_size=inf.sw_batch_size, predictor=self.network,
                 overlap=inf.overlap, mode=inf.mode, padding_mode=inf.padding_mode,
             )
+            assert isinstance(logits, torch.Tensor)  # one output head: a tensor, not a tuple or dict
             return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
 
     def segment(self, image: sitk.Image) -> np.ndarray:

@@ -95,7 +95,7 @@ def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
     with its own slope and intercept, into one array in slice order (int16 or float32)."""
     first = frames[0].dataset
     rows, columns = header.unsigned(first, "Rows", 0), header.unsigned(first, "Columns", 0)
-    out = np.empty((slots[-1] + 1, rows, columns), dtype=_output_type(frames))
+    out: np.ndarray = np.empty((slots[-1] + 1, rows, columns), dtype=_output_type(frames))
     instances: dict[int, list[tuple[Frame, int]]] = {}  # each instance decoded once, for all its frames
     for frame, slot in zip(frames, slots):
         instances.setdefault(id(frame.dataset), []).append((frame, slot))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from worker.geometry import Volume
@@ -54,7 +55,7 @@ def _observation_context(spec: ModelSpec, identity: ResultIdentity,
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def _document(volume: Volume, evidence: list, content: hd.sr.MeasurementReport, spec: ModelSpec,  # type: ignore[type-arg]
+def _document(volume: Volume, evidence: list[Dataset], content: hd.sr.MeasurementReport, spec: ModelSpec,
               identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR(
         evidence=[*evidence, *volume.datasets],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 from monai.losses import DiceFocalLoss
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from worker.metrics import dice
 from worker.modelspec import ModelSpec
 from worker.network import Segmenter, build_network
-from worker.phantom import make_case
+from worker.phantom import PhantomCase, make_case
 from worker.postprocess import clean
 from worker.preprocess import image_from_array, labels_to_model_space, to_model_space
 
@@ -34,7 +35,7 @@ def _progress() -> Progress:
     )
 
 
-def case_images(seed: int, matrix: int):  # type: ignore[no-untyped-def]
+def case_images(seed: int, matrix: int) -> tuple[PhantomCase, sitk.Image, sitk.Image]:
     case = make_case(seed, matrix=matrix)
     grid = case.grid
     image = image_from_array(case.hu, grid.spacing, grid.origin, grid.direction)
