@@ -17,13 +17,13 @@ install: $(BIN)/.installed
 
 # The real peers the tests talk to: DCMTK (storescu, storescp, echoscu), Orthanc with DICOMweb (a PACS),
 # dicom3tools' dciodvfy (the validator), Chromium with its driver and nginx (OHIF in a browser, served with
-# the compose file's site configuration).
+# the compose file's site configuration), and PostgreSQL (the queue shared by several workers).
 peers:
 	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null && \
 		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null && \
-		command -v nginx >/dev/null || \
+		command -v nginx >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver nginx; }
+		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver nginx postgresql; }
 
 demo: install
 	$(BIN)/ainode demo

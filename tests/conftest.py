@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,9 +60,92 @@ def small_series(tmp_path_factory: pytest.TempPathFactory) -> PhantomSeries:
     return phantom_series(tmp_path_factory.mktemp("phantom-small"), seed=11)
 
 
-@pytest.fixture()
-def database(tmp_path: Path) -> Iterator[Database]:
-    db = Database(f"sqlite:///{tmp_path / 'test.db'}")
+class PostgreSQL:
+    """Debian's PostgreSQL server in a throw-away cluster on a free loopback port, one per test session;
+    each test gets a database of its own. (PostgreSQL refuses to run as root: as root the cluster belongs
+    to the ``postgres`` system user the Debian package creates.)"""
+
+    def __init__(self) -> None:
+        binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+        if not binaries:
+            pytest.fail("Debian's postgresql is needed (apt-get install postgresql; .ci/run installs it)")
+        self.bin = binaries[-1].parent
+        self.port = free_port()
+        self.folder = Path(tempfile.mkdtemp(prefix="ainode-pg-"))
+        self.as_user: dict[str, object] = {}
+        if os.geteuid() == 0:
+            self.as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.count = 0
+
+    def start(self) -> None:
+        data = self.folder / "data"
+        subprocess.run([str(self.bin / "initdb"), "-D", str(data), "-U", "ainode", "--auth=trust", "-E", "UTF8",
+                        "--locale=C"], check=True, capture_output=True, timeout=120, cwd=self.folder,
+                       **self.as_user)  # type: ignore[call-overload]
+        self.log = open(self.folder / "server.log", "wb")
+        self.process = subprocess.Popen([str(self.bin / "postgres"), "-D", str(data), "-h", "127.0.0.1",
+                                         "-p", str(self.port), "-k", str(self.folder)], cwd=self.folder,
+                                        stdout=self.log, stderr=subprocess.STDOUT,
+                                        **self.as_user)  # type: ignore[call-overload]
+        wait_for(lambda: self.process.poll() is not None or self._answers(), 60,  # type: ignore[union-attr]
+                 lambda: (self.folder / "server.log").read_text(errors="replace"))
+        assert self.process.poll() is None, (self.folder / "server.log").read_text(errors="replace")
+
+    def _answers(self) -> bool:
+        import psycopg
+
+        try:
+            psycopg.connect(self.url("postgres"), connect_timeout=2).close()
+            return True
+        except psycopg.OperationalError:
+            return False
+
+    def url(self, name: str, driver: str = "") -> str:
+        return f"postgresql{driver}://ainode@127.0.0.1:{self.port}/{name}"
+
+    def new_database(self) -> str:
+        """A new empty database; its SQLAlchemy URL."""
+        import psycopg
+
+        self.count += 1
+        name = f"test_{self.count}"
+        with psycopg.connect(self.url("postgres"), autocommit=True) as connection:
+            connection.execute(f"CREATE DATABASE {name}")
+        return self.url(name, "+psycopg")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            self.process.wait(timeout=60)
+        if self.process is not None:
+            self.log.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    server = PostgreSQL()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+def database_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database of ``kind`` ("sqlite" or "postgresql")."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    server: PostgreSQL = request.getfixturevalue("postgresql")
+    return server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database: each test that takes it runs on SQLite and on PostgreSQL."""
+    db = Database(database_url(request.param, tmp_path, request))
     db.migrate()
     yield db
     db.dispose()
@@ -134,6 +219,8 @@ class NodeProcess:
         self.port = free_port()
         self.pacs_port = pacs_port
         self.config = root / "ainode.toml"
+        self.database_url = str(overrides.pop("database_url", "")) or \
+            f"sqlite:///{(root / 'data' / 'ainode.db').resolve()}"
         options = {"settle_seconds": 0.5, "lease_seconds": 10.0, "max_attempts": 3, "backoff_seconds": 1.0,
                    "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]', "pacs_ae": "PACS", **overrides}
         root.mkdir(parents=True, exist_ok=True)
@@ -143,6 +230,8 @@ port = {self.port}
 allowed_calling_ae_titles = {options['callers']}
 [storage]
 root = "{root / 'data'}"
+[database]
+url = "{self.database_url}"
 [queue]
 settle_seconds = {options['settle_seconds']}
 lease_seconds = {options['lease_seconds']}
@@ -183,7 +272,7 @@ backoff_max_seconds = 2.0
         return self._spawn("worker")
 
     def database(self) -> Database:
-        return Database(f"sqlite:///{(self.root / 'data' / 'ainode.db').resolve()}")
+        return Database(self.database_url)
 
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())

@@ -6,8 +6,10 @@ import datetime as dt
 import multiprocessing
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from conftest import database_url
 from db import ingest, outbox, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Series, utcnow
@@ -153,8 +155,9 @@ def _claim_all(url: str, name: str, out: "multiprocessing.Queue[list[int]]") -> 
     out.put(got)
 
 
-def test_concurrent_workers_never_claim_the_same_job(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'race.db'}"
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_concurrent_workers_never_claim_the_same_job(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = database_url(kind, tmp_path, request)
     db = Database(url)
     db.migrate()
     t0 = utcnow() - dt.timedelta(seconds=60)
