@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test test-fast lint peers clean
+.PHONY: install demo test test-fast lint peers viewer clean
 
 $(BIN)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "ainode needs Python 3.11, found " + sys.version.split()[0])'
@@ -21,9 +21,9 @@ install: $(BIN)/.installed
 peers:
 	@command -v storescu >/dev/null && command -v storescp >/dev/null && command -v echoscu >/dev/null && \
 		command -v dciodvfy >/dev/null && command -v Orthanc >/dev/null && command -v chromedriver >/dev/null && \
-		command -v nginx >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		command -v nginx >/dev/null && command -v ip >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver nginx postgresql; }
+		dcmtk dicom3tools orthanc orthanc-dicomweb chromium chromium-driver nginx postgresql iproute2; }
 
 demo: install
 	$(BIN)/ainode demo
@@ -32,11 +32,16 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 
-test: install peers lint
-	$(BIN)/python -m pytest
+# The OHIF viewer the browser test uses (npm registry, pinned in tests/test_ohif.py), fetched before the
+# tests run in a network namespace of their own (tests/isolated).
+viewer: install
+	$(BIN)/python -c 'import sys; sys.path[:0] = ["tests"]; from test_ohif import fetch_ohif; fetch_ohif()'
+
+test: install peers lint viewer
+	tests/isolated $(BIN)/python -m pytest
 
 test-fast: install peers
-	$(BIN)/python -m pytest -m "not slow"
+	tests/isolated $(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache
