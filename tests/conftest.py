@@ -221,6 +221,7 @@ class NodeProcess:
         self.config = root / "ainode.toml"
         self.database_url = str(overrides.pop("database_url", "")) or \
             f"sqlite:///{(root / 'data' / 'ainode.db').resolve()}"
+        self.status_port = int(overrides.pop("status_port", 0))  # type: ignore[call-overload]
         options = {"settle_seconds": 0.5, "lease_seconds": 10.0, "max_attempts": 3, "backoff_seconds": 1.0,
                    "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]', "pacs_ae": "PACS", **overrides}
         root.mkdir(parents=True, exist_ok=True)
@@ -249,6 +250,8 @@ ae_title = "{options['pacs_ae']}"
 [delivery]
 backoff_seconds = 0.5
 backoff_max_seconds = 2.0
+[status]
+port = {self.status_port}
 """)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []

@@ -1,13 +1,18 @@
-"""The command line on a real database: jobs, job, retry, check-config."""
+"""The command line on a real database: jobs, job, retry, check-config, status."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from ainode.cli import app
+from conftest import free_port, wait_for
 from db import queue
 from db.engine import Database
 from test_queue import POLICY, settled_job
@@ -53,3 +58,26 @@ def test_a_bad_configuration_stops_the_command_with_the_key(tmp_path: Path) -> N
     result = runner.invoke(app, ["serve", "--config", str(bad)])
     assert result.exit_code == 2
     assert "node.port" in result.output
+
+
+def test_ainode_status_serves_the_page_until_stopped(config: Path, tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'ainode.db'}")
+    db.migrate()
+    job_id = settled_job(db)
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "ainode.cli", "status", "--config", str(config),
+                                "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def page() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    return str(response.read().decode())
+            except OSError:
+                return ""
+
+        assert process.poll() is None
+        body = wait_for(lambda: process.poll() is not None or page(), 60, "ainode status did not answer")
+        assert f'<a href="/jobs/{job_id}">{job_id}</a>' in str(body) and "queued" in str(body)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0

@@ -52,7 +52,7 @@ def test_the_image_and_compose_environment_is_a_valid_configuration(compose: dic
     modalities = json.loads(orthanc["ORTHANC__DICOM_MODALITIES"])
     assert modalities["AINODE"] == [settings.node.ae_title, "ainode", settings.node.port]
     published = [p.rsplit(":", 1)[1] for p in compose["services"]["ainode"]["ports"]]
-    assert str(settings.node.port) in published
+    assert str(settings.node.port) in published and str(settings.status.port) in published
     volume = compose["services"]["ainode"]["volumes"][0].split(":")[1]
     assert str(settings.storage.root) == volume == environment["AINODE_STORAGE__ROOT"]
 

@@ -3,8 +3,10 @@ series, DCMTK storescp receiving the SEG and SR. Marked slow; CI runs them."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
 from ainode.demo import seg_labels, send_files, wait_for
-from conftest import NodeProcess, PhantomSeries, StoreSCP, dciodvfy, echoscu, phantom_series, storescu
+from conftest import NodeProcess, PhantomSeries, StoreSCP, dciodvfy, echoscu, free_port, phantom_series, storescu
 from db import monitor
 from db.models import Instance
 from worker.metrics import dice
@@ -29,7 +31,7 @@ LABELS = {"Lung": 1, "Lesion": 2}
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[NodeProcess, StoreSCP]]:
     root = tmp_path_factory.mktemp("e2e")
     pacs = StoreSCP(root / "pacs").start()
-    node = NodeProcess(root / "node", pacs.port)
+    node = NodeProcess(root / "node", pacs.port, status_port=free_port())
     try:
         yield node.serve(), pacs
     finally:
@@ -138,6 +140,10 @@ def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
     detail = monitor_job(node, row.id)
     assert [(d[0], d[1], d[2], d[4]) for d in detail.deliveries] == [("SEG", "pacs", "delivered", 0),
                                                                    ("SR", "pacs", "delivered", 0)]
+    # the status page `ainode serve` runs shows the same
+    with urllib.request.urlopen(f"http://127.0.0.1:{node.status_port}/api/jobs/{row.id}", timeout=30) as response:
+        shown = json.load(response)
+    assert shown["row"]["state"] == "succeeded" and [d[2] for d in shown["deliveries"]] == ["delivered"] * 2
 
 
 def monitor_job(node: NodeProcess, job_id: int) -> monitor.JobDetail:

@@ -19,6 +19,7 @@ from db.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from ainode.config import Settings
+    from ainode.status import StatusServer
     from db.engine import Database
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -95,6 +96,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
         node.start()
     except OSError as exc:
         _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
+    page = _status_page(settings, db) if settings.status.port else None
     workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(_worker_command(config))
                                               for _ in range(settings.worker.count)]
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
@@ -108,6 +110,8 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     finally:
         for proc in workers:
             proc.terminate()
+        if page is not None:
+            page.stop()
         node.stop()
         for proc in workers:
             try:
@@ -116,6 +120,38 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
                 proc.kill()
         db.dispose()
         log.info("ainode stopped")
+
+
+def _status_page(settings: Settings, db: Database, port: int | None = None) -> StatusServer:
+    from ainode.status import StatusServer
+
+    address, port = settings.status.bind_address, port or settings.status.port
+    try:
+        page = StatusServer(db, address, port).start()
+    except OSError as exc:
+        _fail(f"the status page cannot listen on {address}:{port}: {exc.strerror or exc}")
+    log.info("status page at %s", page.url)
+    return page
+
+
+@app.command()
+def status(config: ConfigOption = None,
+           port: Annotated[Optional[int], typer.Option(help="Port (default: status.port, else 8080)")] = None,
+           verbose: bool = False) -> None:
+    """Serve the read-only status page alone (jobs, events, deliveries; /api/jobs as JSON) until stopped."""
+    _logging(verbose)
+    settings = _settings(config)
+    db = _database(settings)
+    db.migrate()
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    page = _status_page(settings, db, port or settings.status.port or 8080)
+    console.print(f"status page at {page.url}")
+    try:
+        stop.wait()
+    finally:
+        page.stop()
+        db.dispose()
 
 
 @app.command()

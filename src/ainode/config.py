@@ -112,6 +112,11 @@ class OutputSection(_Section):
     when_nothing_found: Literal["report", "nothing"] = "report"
 
 
+class StatusSection(_Section):
+    port: int = Field(0, ge=0, le=65535)  # 0: no status page
+    bind_address: str = "127.0.0.1"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AINODE_", env_nested_delimiter="__", extra="forbid")
 
@@ -123,6 +128,7 @@ class Settings(BaseSettings):
     destinations: dict[str, DestinationSection] = {}
     delivery: DeliverySection = DeliverySection()
     output: OutputSection = OutputSection()
+    status: StatusSection = StatusSection()
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> "Settings":
