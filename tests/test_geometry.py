@@ -156,6 +156,18 @@ def test_an_unreadable_file_is_named(tmp_path: Path, small_series: PhantomSeries
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+def test_pixel_data_shorter_than_its_matrix_is_refused_not_read_past(tmp_path: Path) -> None:
+    """A slice whose Pixel Data holds half its rows, with another element after it: the reader must not
+    take the following bytes for pixels."""
+    series = phantom_series(tmp_path / "series", seed=9, matrix=96, slice_thickness=5.0)
+    short = pydicom.dcmread(series.paths[4])
+    short.PixelData = short.PixelData[: len(short.PixelData) // 2]
+    short.add_new(0x7FE10010, "OB", b"\x00" * 10_000)  # a private element after Pixel Data
+    short.save_as(series.paths[4])
+    with pytest.raises(RejectedInput, match=rf"{short.SOPInstanceUID} cannot be decoded: PixelData is 9216 bytes"):
+        assemble(series.paths)
+
+
 @pytest.mark.parametrize(
     ("case", "min_slices", "expected"),
     [

@@ -39,11 +39,14 @@ def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
         dtype = np.dtype(f"<{'i' if signed else 'u'}{allocated // 8}")
         count = int(np.prod(shape))
         raw = ds.get_item("PixelData", keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None and syntax != DeflatedExplicitVRLittleEndian \
-                and count * dtype.itemsize <= raw.length != 0xFFFFFFFF:
-            array = np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell)  # deferred: not read yet
+        if isinstance(raw, RawDataElement) and raw.value is None and syntax != DeflatedExplicitVRLittleEndian:
+            # deferred, so not read yet: read it from the file at its offset (a deflated file has no such offset)
+            if raw.length == 0xFFFFFFFF or raw.length < count * dtype.itemsize:
+                raise ValueError(f"PixelData is {raw.length} bytes long; {shape} of {dtype} needs "
+                                 f"{count * dtype.itemsize}")
+            array = np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell)
             if array.size < count:
-                raise ValueError(f"PixelData holds {array.size} of the {count} values {shape} needs")
+                raise ValueError(f"the file ends after {array.size} of the {count} values {shape} needs")
         else:
             array = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
         array = array.reshape(shape)
