@@ -96,7 +96,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
         node.start()
     except OSError as exc:
         _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
-    page = _status_page(settings, db) if settings.status.port else None
+    page = _status_page(settings, db, settings.status.port) if settings.status.port else None
     workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(_worker_command(config))
                                               for _ in range(settings.worker.count)]
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
@@ -122,10 +122,10 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
         log.info("ainode stopped")
 
 
-def _status_page(settings: Settings, db: Database, port: int | None = None) -> StatusServer:
+def _status_page(settings: Settings, db: Database, port: int) -> StatusServer:
     from ainode.status import StatusServer
 
-    address, port = settings.status.bind_address, port or settings.status.port
+    address = settings.status.bind_address
     try:
         page = StatusServer(db, address, port).start()
     except OSError as exc:

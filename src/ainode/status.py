@@ -60,10 +60,6 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
     return f"<table>{head}{body}</table>"
 
 
-def _stages(row: monitor.JobRow) -> str:
-    return " ".join(f"{name} {seconds:.1f}s" for name, seconds in row.stage_seconds.items())
-
-
 def jobs_page(rows: list[monitor.JobRow], state: str | None) -> bytes:
     filters = " ".join(f'<a href="/?state={s}">{s}</a>' for s in STATES)
     table = _table(
@@ -71,7 +67,7 @@ def jobs_page(rows: list[monitor.JobRow], state: str | None) -> bytes:
         [[f'<a href="/jobs/{row.id}">{row.id}</a>', f'<span class="{row.state}">{row.state}</span>',
           _cell(row.patient_id), _cell(row.series_instance_uid), _cell(row.modality), str(row.instances),
           _cell(row.model or "-"), f"{row.attempts}/{row.max_attempts}", _cell(row.created_at.strftime("%F %T")),
-          _cell(_stages(row)), _cell(row.error or "")] for row in rows])
+          _cell(row.stages), _cell(row.error or "")] for row in rows])
     shown = f"{len(rows)} most recent jobs" + (f" in state {html.escape(state)}" if state else "") + " (times in UTC)"
     return _page("ainode jobs", f'<p>{shown}; show <a href="/">all</a> {filters}</p>{table}', refresh=True)
 
@@ -159,8 +155,8 @@ class StatusServer(ThreadingHTTPServer):
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/" if isinstance(host, str) else f"http://{host.decode()}:{port}/"
+        host = self.server_address[0]
+        return f"http://{host if isinstance(host, str) else host.decode()}:{self.server_port}/"
 
     def start(self) -> StatusServer:
         threading.Thread(target=self.serve_forever, name="status-page", daemon=True).start()

@@ -11,10 +11,6 @@ from db.monitor import JobDetail, JobRow
 STATE_STYLE = {"succeeded": "green", "failed": "red", "rejected": "magenta", "running": "cyan", "queued": "yellow"}
 
 
-def _stages(row: JobRow) -> str:
-    return " ".join(f"{name} {seconds:.1f}s" for name, seconds in row.stage_seconds.items())
-
-
 def jobs_table(rows: list[JobRow]) -> Table:
     table = Table(title="ainode jobs", expand=False)
     for column in ("id", "state", "patient", "series", "mod", "inst", "model", "tries", "stages", "reason"):
@@ -23,7 +19,7 @@ def jobs_table(rows: list[JobRow]) -> Table:
         table.add_row(
             str(row.id), Text(row.state, style=STATE_STYLE.get(row.state, "")), row.patient_id,
             "…" + row.series_instance_uid[-12:], row.modality, str(row.instances), row.model or "-",
-            f"{row.attempts}/{row.max_attempts}", _stages(row), row.error or "",
+            f"{row.attempts}/{row.max_attempts}", row.stages, row.error or "",
         )
     return table
 
@@ -38,7 +34,7 @@ def job_view(detail: JobDetail) -> Group:
         ("model", row.model or "-"), ("attempts", f"{row.attempts} of {row.max_attempts}"),
         ("created", str(row.created_at)), ("finished", str(row.finished_at or "-")),
         ("lease", f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-"),
-        ("stages", _stages(row) or "-"), ("error", row.error or "-"),
+        ("stages", row.stages or "-"), ("error", row.error or "-"),
     ):
         head.add_row(Text(key, style="bold"), value)
     events = Table(title="events")

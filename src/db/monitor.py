@@ -29,6 +29,11 @@ class JobRow:
     stage_seconds: dict[str, float]
     error: str | None
 
+    @property
+    def stages(self) -> str:
+        """Seconds per stage of the latest attempt, as people read them: "assemble 0.2s segment 3.2s"."""
+        return " ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stage_seconds.items())
+
 
 def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, float]]:
     """Seconds per stage of each job's latest attempt."""
