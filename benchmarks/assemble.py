@@ -22,7 +22,7 @@ ASSEMBLE = """
 import sys, time
 from pathlib import Path
 start = time.perf_counter()
-from worker.geometry import assemble
+from worker.assembly.series import assemble
 imported = time.perf_counter()
 volume = assemble(sorted(Path(sys.argv[1]).glob("*.dcm")))
 print(f"{imported - start:.3f} {time.perf_counter() - imported:.3f} {volume.image.GetSize()}")
@@ -51,7 +51,7 @@ def main() -> None:
             times["ainode assemble"].append(seconds)
             peaks["ainode assemble"] = peak
             assembling.append(float(detail.split()[1]))
-            seconds, peak, _ = timed([sys.executable, "-c", "import worker.geometry"])
+            seconds, peak, _ = timed([sys.executable, "-c", "import worker.assembly.series"])
             times["ainode imports only"].append(seconds)
             peaks["ainode imports only"] = peak
         medians = {name: statistics.median(values) for name, values in times.items()}

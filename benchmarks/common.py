@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.phantom import Grid, StudyIdentity, write_series
+from training.phantom import Grid, StudyIdentity, write_series
 
 
 def ct_series(folder: Path, slices: int = 300) -> list[Path]:

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ainode.demo import echo, free_port, wait_for
+from ainode.kit import echo, free_port, wait_for
 from common import ct_series
 
 ENV = {**os.environ, "TCP_NODELAY": "1"}

@@ -19,18 +19,20 @@ import numpy as np
 import SimpleITK as sitk
 
 from common import arguments, ct_series, timed, tool
-from worker.geometry import assemble
+from worker.assembly.series import assemble
 
 AINODE = """
 import sys, time
 from pathlib import Path
 start = time.perf_counter()
 import numpy as np, SimpleITK as sitk
-from worker.geometry import assemble
-from worker.identity import OutputSettings, result_identity
-from worker.modelspec import load_spec
-from worker.files import save_atomic
-from worker.seg import build_segmentation
+from worker.assembly.series import assemble
+from worker.results.identity import OutputSettings, result_identity
+from worker.models.spec import load_spec
+from db.storage import write_atomic
+from worker.results.content import source_headers
+from worker.results.findings import find
+from worker.results.seg import build_segmentation
 imported = time.perf_counter()
 series, mask, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 demo = load_spec()
@@ -40,7 +42,8 @@ volume = assemble(sorted(series.glob("*.dcm")))
 labels = sitk.GetArrayFromImage(sitk.ReadImage(mask)).astype(np.uint8)
 read = time.perf_counter()
 identity = result_identity(spec, "benchmark", [str(ds.SOPInstanceUID) for ds in volume.datasets])
-save_atomic(build_segmentation(volume, labels, spec, identity, OutputSettings()), out)
+seg = build_segmentation(volume, source_headers(volume), find(volume, labels, spec), spec, identity, OutputSettings())
+write_atomic(out, lambda fh: seg.save_as(fh, enforce_file_format=True))
 print(f"{imported - start:.3f} {read - imported:.3f} {time.perf_counter() - read:.3f}")
 """
 

@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 
-from ainode.demo import free_port, wait_for
+from ainode.kit import free_port, wait_for
 from db.engine import Database
-from worker.phantom import PhantomCase, StudyIdentity, make_case, write_series
+from training.phantom import PhantomCase, StudyIdentity, make_case, slice_uid, write_series
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -43,7 +42,7 @@ class PhantomSeries:
 
     @property
     def sop_instance_uids(self) -> list[str]:
-        return [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in self.paths]
+        return [slice_uid(self.identity, k) for k in range(len(self.paths))]
 
 
 def phantom_series(folder: Path, seed: int, lesions: tuple[int, int] = (1, 4), **grid: object) -> PhantomSeries:

@@ -17,11 +17,11 @@ from pydicom import dcmread
 from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
-from ainode.demo import seg_labels, send_files, wait_for
+from ainode.kit import seg_labels, send_files, wait_for
 from conftest import NodeProcess, PhantomSeries, StoreSCP, dciodvfy, echoscu, free_port, phantom_series, storescu
 from db import monitor
 from db.models import Instance
-from worker.metrics import dice
+from training.metrics import dice
 
 pytestmark = pytest.mark.slow
 LABELS = {"Lung": 1, "Lesion": 2}
@@ -54,7 +54,7 @@ def delivered(node: NodeProcess, series_uid: str) -> bool:
     if row is None:
         return False
     deliveries = monitor_job(node, row.id).deliveries
-    return bool(deliveries) and all(d[2] == "delivered" for d in deliveries)
+    return bool(deliveries) and all(d.state == "delivered" for d in deliveries)
 
 
 def results_for(pacs: StoreSCP, study_uid: str) -> dict[str, Path]:
@@ -138,12 +138,12 @@ def test_storescu_series_comes_back_as_seg_and_sr_matching_the_truth(
     assert row.attempts == 1 and row.instances == len(small_series.paths)
     assert {"assemble", "segment", "postprocess", "encode"} <= set(row.stage_seconds)
     detail = monitor_job(node, row.id)
-    assert [(d[0], d[1], d[2], d[4]) for d in detail.deliveries] == [("SEG", "pacs", "delivered", 0),
-                                                                   ("SR", "pacs", "delivered", 0)]
+    assert [(d.kind, d.destination, d.state, d.last_status) for d in detail.deliveries] == [
+        ("SEG", "pacs", "delivered", 0), ("SR", "pacs", "delivered", 0)]
     # the status page `ainode serve` runs shows the same
     with urllib.request.urlopen(f"http://127.0.0.1:{node.status_port}/api/jobs/{row.id}", timeout=30) as response:
         shown = json.load(response)
-    assert shown["row"]["state"] == "succeeded" and [d[2] for d in shown["deliveries"]] == ["delivered"] * 2
+    assert shown["row"]["state"] == "succeeded" and [d["state"] for d in shown["deliveries"]] == ["delivered"] * 2
 
 
 def monitor_job(node: NodeProcess, job_id: int) -> monitor.JobDetail:
@@ -174,9 +174,9 @@ def test_a_killed_workers_job_is_finished_by_another_worker(
                     lambda: f"the job was not finished: {monitor_text(node)}\n{node.log_text()}")
     assert done.state == "succeeded" and done.attempts == 2
     detail = monitor_job(node, done.id)
-    kinds = [event[1] for event in detail.events]
+    kinds = [event.kind for event in detail.events]
     assert "lease-expired" in kinds
-    claimers = [event[5] for event in detail.events if event[1] == "claimed"]
+    claimers = [event.worker for event in detail.events if event.kind == "claimed"]
     assert claimers[0].endswith(f":{first.pid}") and claimers[1].endswith(f":{second.pid}")
     wait_for(lambda: delivered(node, series_uid), 60, "the results of the taken-over job were not delivered")
     assert {"SEG", "SR"} <= set(results_for(pacs, small_series.identity.study_instance_uid))
@@ -204,7 +204,7 @@ def seg_centre(path: Path, label: str) -> np.ndarray:
 @pytest.mark.parametrize("orientation", ["tilt", "oblique", "FFS"])
 def test_a_sphere_comes_back_where_it_is_in_the_patient(
         tmp_path: Path, running: tuple[NodeProcess, StoreSCP], orientation: str) -> None:
-    from worker.phantom import lesion_centres
+    from training.phantom import lesion_centres
 
     node, pacs = running
     series = phantom_series(tmp_path, seed=50 + ["tilt", "oblique", "FFS"].index(orientation), lesions=(1, 1),
@@ -224,7 +224,7 @@ def test_an_mr_series_through_the_whole_path_gives_valid_objects(
     """A real oblique MR series (dcmqi's ADC example) sent by storescu to a node whose model takes MR (the
     demo weights under an MR model file): whatever it finds, what comes back passes dciodvfy."""
     from conftest import SHARED_DATA
-    from worker.modelspec import DEMO_MODEL
+    from worker.models.spec import DEMO_MODEL
 
     model = tmp_path / "mr-model.toml"
     model.write_text(DEMO_MODEL.read_text().replace('modality = "CT"', 'modality = "MR"')

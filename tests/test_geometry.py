@@ -13,7 +13,8 @@ from pydicom.fileset import FileSet
 
 from conftest import PhantomSeries, phantom_series
 from db.errors import RejectedInput
-from worker.geometry import assemble, tilt_degrees
+from worker.assembly.geometry import tilt_degrees
+from worker.assembly.series import assemble
 
 
 def check_geometry(series: PhantomSeries, paths: list[Path]) -> None:

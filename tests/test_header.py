@@ -10,7 +10,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from conftest import SHARED_DATA, PhantomSeries
-from worker import header
+from worker.assembly import header
 
 UNSIGNED = ("Rows", "Columns", "BitsAllocated", "PixelRepresentation")
 DECIMALS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "RescaleIntercept")

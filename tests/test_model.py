@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from db.errors import ConfigurationError
-from worker.modelspec import DEMO_MODEL, load_spec
-from worker.network import Segmenter
+from worker.models.spec import DEMO_MODEL, load_spec
+from worker.models.unet import UNetRuntime
 
 
 def write_model(tmp_path: Path, text: str) -> Path:
@@ -45,11 +45,11 @@ def test_a_bad_model_file_names_the_key(tmp_path: Path, replace: tuple[str, str]
 def test_missing_or_mismatched_weights_are_configuration_errors(tmp_path: Path) -> None:
     text = DEMO_MODEL.read_text()
     with pytest.raises(ConfigurationError, match="do not exist"):
-        Segmenter(load_spec(write_model(tmp_path, text)), device="cpu")
+        UNetRuntime(load_spec(write_model(tmp_path, text)), device="cpu")
     (tmp_path / "weights.pt").write_bytes(DEMO_MODEL.with_name("weights.pt").read_bytes())
     wider = text.replace("channels = [16, 32, 64, 128]", "channels = [8, 16, 32, 64]")
     with pytest.raises(ConfigurationError, match="do not fit the architecture"):
-        Segmenter(load_spec(write_model(tmp_path, wider)), device="cpu")
+        UNetRuntime(load_spec(write_model(tmp_path, wider)), device="cpu")
 
 
 def test_asking_for_cuda_without_it_is_a_configuration_error() -> None:
@@ -58,12 +58,12 @@ def test_asking_for_cuda_without_it_is_a_configuration_error() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigurationError, match="no CUDA device"):
-        Segmenter(load_spec(), device="cuda")
+        UNetRuntime(load_spec(), device="cuda")
 
 
 @pytest.mark.slow
 def test_the_demo_model_reaches_its_dice_targets_on_fresh_phantoms() -> None:
-    from worker.training import evaluate
+    from training.evaluate import evaluate
 
     scores = evaluate(load_spec(), cases=3, seed=99, device="cpu")
     print({name: [round(v, 3) for v in values] for name, values in scores.items()})

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ainode.demo import wait_for
+from ainode.kit import wait_for
 from conftest import NodeProcess, Orthanc, PhantomSeries, free_port, phantom_series
 
 pytestmark = pytest.mark.slow

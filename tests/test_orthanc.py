@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ainode.demo import wait_for
+from ainode.kit import wait_for
 from conftest import DICOMWEB_PLUGIN, NodeProcess, Orthanc, PhantomSeries
 from db import monitor
 

@@ -28,8 +28,9 @@ import db
 import worker
 from ainode.config import load_settings
 from db.engine import Database
-from worker.modelspec import load_spec
-from worker.network import Segmenter
+from worker.models.spec import load_spec
+from worker.models.runtime import segment
+from worker.models.unet import UNetRuntime
 for package in (db, worker):
     assert Path(package.__file__).is_relative_to(Path(sys.argv[1])), package.__file__
 settings = load_settings(None)
@@ -38,7 +39,7 @@ database.migrate()
 spec = load_spec()
 image = sitk.GetImageFromArray(np.full((24, 48, 48), -800, dtype=np.int16))
 image.SetSpacing((4.0, 4.0, 8.0))
-labels = Segmenter(spec, device="cpu").segment(image)
+labels = segment(UNetRuntime(spec, device="cpu"), image)
 print(spec.name, labels.shape)
 """
 

@@ -12,7 +12,7 @@ from pydicom import dcmread
 
 from conftest import NodeProcess, PostgreSQL, StoreSCP, phantom_series, storescu, wait_for
 from db import monitor
-from worker.geometry import assemble
+from worker.assembly.series import assemble
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +30,7 @@ def claimers(node: NodeProcess, job_id: int) -> list[str]:
     try:
         detail = monitor.job(db, job_id)
         assert detail is not None
-        return [event[5] for event in detail.events if event[1] == "claimed"]
+        return [event.worker for event in detail.events if event.kind == "claimed"]
     finally:
         db.dispose()
 

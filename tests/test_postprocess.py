@@ -1,7 +1,7 @@
 import numpy as np
 
-from worker.modelspec import Code, LabelSpec
-from worker.postprocess import clean
+from worker.models.postprocess import clean
+from worker.models.spec import Code, LabelSpec
 
 CODE = Code(value="1", meaning="x")
 

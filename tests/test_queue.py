@@ -1,4 +1,4 @@
-"""The queue on a real SQLite database: settling, claiming, leases, retries, completion."""
+"""The queue on a real database (SQLite and PostgreSQL): settling, claiming, leases, retries, completion."""
 
 from __future__ import annotations
 

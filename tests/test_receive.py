@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from ainode.demo import send_files, wait_for
+from ainode.kit import send_files, wait_for
 from conftest import PhantomSeries, echoscu, free_port, storescu
 from db.engine import Database
 from db.models import Instance, Series

@@ -15,8 +15,9 @@ from pydicom import dcmread
 
 from conftest import SHARED_DATA
 from db.errors import RejectedInput
-from worker.geometry import assemble, frames_of
-from worker.pixels import read_pixels
+from worker.assembly.geometry import frames_of
+from worker.assembly.pixels import read_pixels
+from worker.assembly.series import assemble
 
 D2N = SHARED_DATA / "dicom2nifti" / "tests" / "data"
 

@@ -10,12 +10,29 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from conftest import PhantomSeries
-from worker.files import save_atomic
-from worker.geometry import assemble
-from worker.identity import OutputSettings, result_identity
-from worker.modelspec import load_spec
-from worker.seg import build_segmentation
-from worker.sr import build_report
+from db.storage import write_atomic
+from worker.assembly.series import assemble
+from worker.assembly.volume import Volume
+from worker.models.spec import ModelSpec, load_spec
+from worker.results.content import source_headers
+from worker.results.findings import find
+from worker.results.identity import OutputSettings, ResultIdentity, result_identity
+from worker.results.seg import build_segmentation as build_seg
+from worker.results.sr import build_report as build_sr
+
+
+def build_segmentation(volume: Volume, labels: np.ndarray, spec: ModelSpec, identity: ResultIdentity,
+                       settings: OutputSettings) -> hd.seg.Segmentation:
+    return build_seg(volume, source_headers(volume), find(volume, labels, spec), spec, identity, settings)
+
+
+def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, spec: ModelSpec,
+                 identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+    return build_sr(source_headers(volume), find(volume, labels, spec), seg, spec, identity, settings)
+
+
+def save_atomic(dataset: hd.SOPClass, path: Path) -> None:
+    write_atomic(path, lambda fh: dataset.save_as(fh, enforce_file_format=True))
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +116,7 @@ def test_a_seg_on_a_multi_frame_source_references_its_frames(tmp_path: Path) -> 
     from pydicom import dcmread
 
     from conftest import phantom_series
-    from worker.identity import stable_uid
+    from worker.results.identity import stable_uid
 
     series = phantom_series(tmp_path / "src", seed=41, matrix=64, slice_thickness=5.0, orientation="FFS")
     legacy = [dcmread(p) for p in reversed(series.paths)]

@@ -55,7 +55,8 @@ def test_jobs_and_a_job_as_html_and_json(page: StatusServer, database: Database)
     assert status == 200 and "r/seg.dcm" in body and "pacs" in body and "claimed" in body
     detail = json.loads(get(page, f"/api/jobs/{done}")[2])
     assert detail["row"]["state"] == "succeeded"
-    assert [d[:3] for d in detail["deliveries"]] == [["SEG", "pacs", "pending"]]
+    deliveries = [(d["kind"], d["destination"], d["state"]) for d in detail["deliveries"]]
+    assert deliveries == [("SEG", "pacs", "pending")]
 
 
 def test_unknown_job_and_path_are_404_and_health_is_ok(page: StatusServer) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from pacs_node.storage import InvalidUID, check_uid, instance_path, write_atomic
+from db.storage import InvalidUID, check_uid, instance_path, write_atomic
 
 
 @pytest.mark.parametrize("bad", ["", "1.2.", "1..2", "1.02", "../../etc", "1.2.3/4", "1.2." + "3" * 70, None, "1.2 3"])
@@ -18,7 +18,7 @@ def test_valid_uids_pass_and_build_a_path_under_incoming() -> None:
 
 
 def test_write_is_atomic_and_leaves_no_temporary_file(tmp_path: Path) -> None:
-    size = write_atomic(tmp_path, Path("a/b/c.dcm"), [b"abc", b"def"])
+    size = write_atomic(tmp_path / "a/b/c.dcm", [b"abc", b"def"])
     assert size == 6 and (tmp_path / "a/b/c.dcm").read_bytes() == b"abcdef"
     assert [p.name for p in (tmp_path / "a/b").iterdir()] == ["c.dcm"]
 
@@ -33,5 +33,5 @@ class _FullDisk(list):  # type: ignore[type-arg]
 
 def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
-        write_atomic(tmp_path, Path("x/y.dcm"), _FullDisk())
+        write_atomic(tmp_path / "x/y.dcm", _FullDisk())
     assert list((tmp_path / "x").iterdir()) == []

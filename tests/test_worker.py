@@ -14,9 +14,9 @@ from conftest import PhantomSeries, phantom_series
 from db import ingest, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, utcnow
-from pacs_node.storage import instance_path
-from worker.modelspec import load_spec
-from worker.network import Segmenter
+from db.storage import instance_path
+from worker.models.spec import load_spec
+from worker.models.unet import UNetRuntime
 from worker.pipeline import Pipeline, PipelineConfig
 from worker.runner import RunnerConfig, Worker
 
@@ -24,8 +24,8 @@ POLICY = queue.QueuePolicy(settle_seconds=0, max_attempts=2, backoff_seconds=0)
 
 
 @pytest.fixture(scope="module")
-def segmenter() -> Segmenter:
-    return Segmenter(load_spec(), device="cpu")
+def runtime() -> UNetRuntime:
+    return UNetRuntime(load_spec(), device="cpu")
 
 
 def store(db: Database, root: Path, paths: list[Path]) -> None:
@@ -43,17 +43,17 @@ def store(db: Database, root: Path, paths: list[Path]) -> None:
     queue.enqueue_settled(db, POLICY)
 
 
-def run(db: Database, root: Path, segmenter: Segmenter) -> Job:
-    pipeline = Pipeline(segmenter.spec, segmenter, PipelineConfig(root))
+def run(db: Database, root: Path, runtime: UNetRuntime) -> Job:
+    pipeline = Pipeline(runtime, PipelineConfig(root))
     assert Worker(db, POLICY, pipeline, RunnerConfig(("pacs",)), name="test-worker").run_one()
     with db.read() as session:
         return session.scalars(select(Job).order_by(Job.id.desc())).first()
 
 
 def test_a_good_series_succeeds_with_seg_sr_timings_and_deliveries(
-        tmp_path: Path, database: Database, small_series: PhantomSeries, segmenter: Segmenter) -> None:
+        tmp_path: Path, database: Database, small_series: PhantomSeries, runtime: UNetRuntime) -> None:
     store(database, tmp_path, small_series.paths)
-    job = run(database, tmp_path, segmenter)
+    job = run(database, tmp_path, runtime)
     assert (job.state, job.error, job.attempts) == ("succeeded", None, 1)
     with database.read() as session:
         results = session.scalars(select(Result).where(Result.job_id == job.id)).all()
@@ -66,36 +66,36 @@ def test_a_good_series_succeeds_with_seg_sr_timings_and_deliveries(
 
 
 def test_a_series_with_a_missing_slice_is_rejected_with_the_reason(
-        tmp_path: Path, database: Database, segmenter: Segmenter) -> None:
+        tmp_path: Path, database: Database, runtime: UNetRuntime) -> None:
     series = phantom_series(tmp_path / "src", seed=31, matrix=64, slice_thickness=5.0)
     del series.paths[30]
     store(database, tmp_path / "root", series.paths)
-    job = run(database, tmp_path / "root", segmenter)
+    job = run(database, tmp_path / "root", runtime)
     assert job.state == "rejected" and job.attempts == 1
     assert job.error.startswith("uneven slice spacing: 10.00 mm between")
 
 
-def test_a_series_of_another_modality_is_rejected(tmp_path: Path, database: Database, segmenter: Segmenter) -> None:
+def test_a_series_of_another_modality_is_rejected(tmp_path: Path, database: Database, runtime: UNetRuntime) -> None:
     series = phantom_series(tmp_path / "src", seed=32, matrix=64, slice_thickness=5.0)
     for path in series.paths:
         ds = pydicom.dcmread(path)
         ds.Modality = "MR"
         ds.save_as(path)
     store(database, tmp_path / "root", series.paths)
-    job = run(database, tmp_path / "root", segmenter)
+    job = run(database, tmp_path / "root", runtime)
     assert job.state == "rejected"
     assert job.error == (f"series {series.identity.series_instance_uid} is MR; "
                          "model ainode-demo-chest-ct takes CT")
 
 
 def test_a_file_gone_from_storage_is_retried_then_fails_with_the_reason(
-        tmp_path: Path, database: Database, small_series: PhantomSeries, segmenter: Segmenter) -> None:
+        tmp_path: Path, database: Database, small_series: PhantomSeries, runtime: UNetRuntime) -> None:
     store(database, tmp_path, small_series.paths)
     shutil.rmtree(tmp_path / "incoming")
-    job = run(database, tmp_path, segmenter)
+    job = run(database, tmp_path, runtime)
     assert (job.state, job.attempts) == ("queued", 1), "storage trouble is worth another attempt"
     assert "cannot be opened: No such file or directory" in job.error
-    job = run(database, tmp_path, segmenter)
+    job = run(database, tmp_path, runtime)
     assert (job.state, job.attempts) == ("failed", 2)
     with database.read() as session:
         kinds = [e.kind for e in session.scalars(select(JobEvent).where(JobEvent.job_id == job.id))]
@@ -108,8 +108,8 @@ def test_nothing_found_gives_an_sr_that_says_so_or_nothing_as_configured(
     import highdicom as hd
 
     from conftest import dciodvfy
-    from worker.identity import OutputSettings
-    from worker.modelspec import DEMO_MODEL
+    from worker.models.spec import DEMO_MODEL
+    from worker.results.identity import OutputSettings
 
     series = phantom_series(tmp_path / "src", seed=33, matrix=64, slice_thickness=5.0)
     store(database, tmp_path / "root", series.paths)
@@ -120,7 +120,7 @@ def test_nothing_found_gives_an_sr_that_says_so_or_nothing_as_configured(
                       .replace("min_volume_ml = 5.0", "min_volume_ml = 100000.0")
                       .replace("min_volume_ml = 0.1", "min_volume_ml = 100000.0"))
     spec = load_spec(strict)
-    pipeline = Pipeline(spec, Segmenter(spec, device="cpu"),
+    pipeline = Pipeline(UNetRuntime(spec, device="cpu"),
                         PipelineConfig(tmp_path / "root", OutputSettings(when_nothing_found=when)))
     assert Worker(database, POLICY, pipeline, RunnerConfig(("pacs",)), name="w").run_one()
     with database.read() as session:

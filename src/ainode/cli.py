@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
@@ -62,6 +64,18 @@ def _database(settings: Settings) -> Database:
         _fail(str(exc))
 
 
+@contextmanager
+def _opened(config: Optional[Path]) -> Iterator[tuple[Settings, Database]]:
+    """Settings and the database, migrated; what every command that reads or writes the queue starts with."""
+    settings = _settings(config)
+    db = _database(settings)
+    try:
+        db.migrate()
+        yield settings, db
+    finally:
+        db.dispose()
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
     def handler(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)
@@ -79,14 +93,16 @@ def _worker_command(config: Optional[Path]) -> list[str]:
 @app.command()
 def serve(config: ConfigOption = None, verbose: bool = False) -> None:
     """Run the node: DICOM receiver, settle loop, result sender, and worker.count worker processes."""
+    _logging(verbose)
+    with _opened(config) as (settings, db):
+        _serve(settings, db, config)
+
+
+def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     from pacs_node.dispatch import Dispatcher
     from pacs_node.node import Node
 
-    _logging(verbose)
-    settings = _settings(config)
     settings.storage.root.mkdir(parents=True, exist_ok=True)
-    db = _database(settings)
-    db.migrate()
     stop = threading.Event()
     _stop_on_signals(stop)
     dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, settings.destination_map(),
@@ -118,7 +134,6 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        db.dispose()
         log.info("ainode stopped")
 
 
@@ -140,44 +155,37 @@ def status(config: ConfigOption = None,
            verbose: bool = False) -> None:
     """Serve the read-only status page alone (jobs, events, deliveries; /api/jobs as JSON) until stopped."""
     _logging(verbose)
-    settings = _settings(config)
-    db = _database(settings)
-    db.migrate()
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    page = _status_page(settings, db, port or settings.status.port or 8080)
-    console.print(f"status page at {page.url}")
-    try:
-        stop.wait()
-    finally:
-        page.stop()
-        db.dispose()
+    with _opened(config) as (settings, db):
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        page = _status_page(settings, db, port or settings.status.port or 8080)
+        console.print(f"status page at {page.url}")
+        try:
+            stop.wait()
+        finally:
+            page.stop()
 
 
 @app.command()
 def worker(config: ConfigOption = None, verbose: bool = False) -> None:
     """Run one worker: claims jobs from the database and processes them (run several on several machines)."""
-    from worker.modelspec import load_spec
-    from worker.network import Segmenter
+    from worker.models.spec import load_spec
+    from worker.models.unet import UNetRuntime
     from worker.pipeline import Pipeline, PipelineConfig
     from worker.runner import RunnerConfig, Worker
 
     _logging(verbose)
-    settings = _settings(config)
-    db = _database(settings)
-    db.migrate()
-    try:
-        spec = load_spec(settings.worker.model)
-        segmenter = Segmenter(spec, settings.worker.device, settings.worker.threads)
-    except ConfigurationError as exc:
-        _fail(str(exc))
-    pipeline = Pipeline(spec, segmenter, PipelineConfig(settings.storage.root.resolve(), settings.output_settings(),
-                                                        settings.worker.interpolate_missing_slices))
-    stop = threading.Event()
-    _stop_on_signals(stop)
-    Worker(db, settings.queue_policy(), pipeline,
-           RunnerConfig(tuple(settings.delivery.result_destinations), settings.worker.poll_seconds)).run(stop)
-    db.dispose()
+    with _opened(config) as (settings, db):
+        try:
+            runtime = UNetRuntime(load_spec(settings.worker.model), settings.worker.device, settings.worker.threads)
+        except ConfigurationError as exc:
+            _fail(str(exc))
+        pipeline = Pipeline(runtime, PipelineConfig(settings.storage.root.resolve(), settings.output_settings(),
+                                                    settings.worker.interpolate_missing_slices))
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        Worker(db, settings.queue_policy(), pipeline,
+               RunnerConfig(tuple(settings.delivery.result_destinations), settings.worker.poll_seconds)).run(stop)
 
 
 @app.command()
@@ -188,10 +196,8 @@ def jobs(config: ConfigOption = None,
     from ainode.views import jobs_table
     from db import monitor
 
-    settings = _settings(config)
-    db = _database(settings)
-    db.migrate()
-    console.print(jobs_table(monitor.jobs(db, limit=limit, state=state)))
+    with _opened(config) as (_, db):
+        console.print(jobs_table(monitor.jobs(db, limit=limit, state=state)))
 
 
 @app.command()
@@ -200,10 +206,8 @@ def job(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigOpt
     from ainode.views import job_view
     from db import monitor
 
-    settings = _settings(config)
-    db = _database(settings)
-    db.migrate()
-    detail = monitor.job(db, job_id)
+    with _opened(config) as (_, db):
+        detail = monitor.job(db, job_id)
     if detail is None:
         _fail(f"there is no job {job_id}")
     console.print(job_view(detail))
@@ -214,10 +218,9 @@ def retry(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigO
     """Queue a finished (succeeded, failed or rejected) job again, with a fresh set of attempts."""
     from db import queue
 
-    settings = _settings(config)
-    db = _database(settings)
-    db.migrate()
-    if not queue.retry(db, job_id, settings.queue.max_attempts):
+    with _opened(config) as (settings, db):
+        requeued = queue.retry(db, job_id, settings.queue.max_attempts)
+    if not requeued:
         _fail(f"job {job_id} does not exist or is still queued or running")
     console.print(f"job {job_id} queued again")
 
@@ -255,8 +258,8 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed for phantoms, sampling and initial weights")] = 0,
 ) -> None:
     """Train a model's network on generated chest CT phantoms (DiceFocal loss)."""
-    from worker.modelspec import load_spec
-    from worker.training import train as run_training
+    from training.train import train as run_training
+    from worker.models.spec import load_spec
 
     try:
         spec = load_spec(model)
@@ -276,8 +279,8 @@ def evaluate(
     """Print per-label Dice of the model against the truth of freshly generated phantoms."""
     from rich.table import Table
 
-    from worker.modelspec import load_spec
-    from worker.training import evaluate as run_evaluation
+    from training.evaluate import evaluate as run_evaluation
+    from worker.models.spec import load_spec
 
     try:
         spec = load_spec(model)

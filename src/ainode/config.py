@@ -23,7 +23,7 @@ from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
 from pacs_node.dispatch import Destination
 from pacs_node.scp import ReceiverConfig
-from worker.identity import OutputSettings
+from worker.results.identity import OutputSettings
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire without backslash
 

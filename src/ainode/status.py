@@ -23,10 +23,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db import monitor
 from db.engine import Database
+from db.states import JobState
 
 log = logging.getLogger(__name__)
 
-STATES = ("queued", "running", "succeeded", "failed", "rejected")
+STATES = tuple(JobState)
 _JOB = re.compile(r"^/(api/)?jobs/(\d+)$")
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
@@ -83,18 +84,18 @@ def job_page(detail: monitor.JobDetail) -> bytes:
         ["lease", _cell(f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-")],
         ["reason", _cell(row.error or "-")]])
     events = _table(("at", "event", "try", "stage", "seconds", "worker", "message"), [
-        [_cell(at.strftime("%F %T.%f")[:-3]), _cell(kind), str(attempt), _cell(stage or ""),
-         f"{seconds:.2f}" if seconds is not None else "", _cell(worker or ""), _cell(message)]
-        for at, kind, attempt, stage, seconds, worker, message in detail.events])
+        [_cell(e.at.strftime("%F %T.%f")[:-3]), _cell(e.kind), str(e.attempt), _cell(e.stage or ""),
+         f"{e.seconds:.2f}" if e.seconds is not None else "", _cell(e.worker or ""), _cell(e.message)]
+        for e in detail.events])
     outputs = _table(("object", "SOP Instance UID", "file"),
-                     [[_cell(kind), _cell(uid), _cell(path)] for kind, uid, path in detail.results])
-    deliveries = _table(("object", "destination", "state", "tries", "status", "last try", "error"), [
-        [_cell(kind), _cell(destination), _cell(state), str(attempts),
-         f"0x{status:04X}" if status is not None else "", _cell(at or ""), _cell(error or "")]
-        for kind, destination, state, attempts, status, at, error in detail.deliveries])
+                     [[_cell(r.kind), _cell(r.sop_instance_uid), _cell(r.path)] for r in detail.results])
+    deliveries = _table(("object", "destination", "state", "tries", "status", "delivered", "error"), [
+        [_cell(d.kind), _cell(d.destination), _cell(d.state), str(d.attempts),
+         f"0x{d.last_status:04X}" if d.last_status is not None else "", _cell(d.delivered_at or ""),
+         _cell(d.error or "")] for d in detail.deliveries])
     body = (f'<p><a href="/">all jobs</a> (times in UTC)</p>{facts}<h2>Events</h2>{events}<h2>Outputs</h2>{outputs}'
             f"<h2>Deliveries</h2>{deliveries}")
-    return _page(f"ainode job {row.id}", body, refresh=row.state in ("queued", "running"))
+    return _page(f"ainode job {row.id}", body, refresh=not JobState(row.state).final)
 
 
 class _Handler(BaseHTTPRequestHandler):

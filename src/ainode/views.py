@@ -7,8 +7,10 @@ from rich.table import Table
 from rich.text import Text
 
 from db.monitor import JobDetail, JobRow
+from db.states import JobState
 
-STATE_STYLE = {"succeeded": "green", "failed": "red", "rejected": "magenta", "running": "cyan", "queued": "yellow"}
+STATE_STYLE: dict[str, str] = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.REJECTED: "magenta",
+               JobState.RUNNING: "cyan", JobState.QUEUED: "yellow"}
 
 
 def jobs_table(rows: list[JobRow]) -> Table:
@@ -40,15 +42,15 @@ def job_view(detail: JobDetail) -> Group:
     events = Table(title="events")
     for column in ("at", "event", "try", "stage", "seconds", "worker", "message"):
         events.add_column(column, overflow="fold")
-    for at, kind, attempt, stage, seconds, worker, message in detail.events:
-        events.add_row(at.strftime("%H:%M:%S.%f")[:-3], kind, str(attempt), stage or "",
-                       f"{seconds:.2f}" if seconds is not None else "", worker or "", message)
+    for e in detail.events:
+        events.add_row(e.at.strftime("%H:%M:%S.%f")[:-3], e.kind, str(e.attempt), e.stage or "",
+                       f"{e.seconds:.2f}" if e.seconds is not None else "", e.worker or "", e.message)
     outputs = Table(title="outputs and deliveries")
     for column in ("object", "SOP Instance UID / destination", "state", "tries", "status", "error"):
         outputs.add_column(column, overflow="fold")
-    for kind, uid, path in detail.results:
-        outputs.add_row(kind, uid, "", "", "", path)
-    for kind, destination, state, attempts, status, _, error in detail.deliveries:
-        outputs.add_row(f"→ {kind}", destination, state, str(attempts),
-                        f"0x{status:04X}" if status is not None else "", error or "")
+    for r in detail.results:
+        outputs.add_row(r.kind, r.sop_instance_uid, "", "", "", r.path)
+    for d in detail.deliveries:
+        outputs.add_row(f"→ {d.kind}", d.destination, d.state, str(d.attempts),
+                        f"0x{d.last_status:04X}" if d.last_status is not None else "", d.error or "")
     return Group(head, events, outputs)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Instance, Series, Study, utcnow
+from db.states import SeriesState
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | Non
         with db.transaction() as session:
             series_id = session.scalar(
                 update(Series).where(Series.series_instance_uid == item.series_instance_uid)
-                .values(state="receiving", instance_count=Series.instance_count + 1, last_received_at=now)
+                .values(state=SeriesState.RECEIVING, instance_count=Series.instance_count + 1, last_received_at=now)
                 .returning(Series.id)
             )
             if series_id is None:
@@ -84,7 +85,7 @@ def _new_series(session: Session, item: ReceivedInstance, now: dt.datetime) -> i
         session.add(study)
     series = Series(study=study, series_instance_uid=item.series_instance_uid, modality=item.modality,
                     series_number=item.series_number, series_description=item.series_description,
-                    state="receiving", instance_count=1, first_received_at=now, last_received_at=now)
+                    state=SeriesState.RECEIVING, instance_count=1, first_received_at=now, last_received_at=now)
     session.add(series)
     session.flush()
     return int(series.id)
@@ -104,7 +105,7 @@ def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:
     with db.transaction() as session:
         result = session.execute(
             update(Series)
-            .where(Series.state == "receiving",
+            .where(Series.state == SeriesState.RECEIVING,
                    or_(Series.released_at.is_(None), Series.released_at < Series.last_received_at))
             .values(released_at=now or utcnow())
         )

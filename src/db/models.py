@@ -12,6 +12,8 @@ import datetime as dt
 from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from db.states import DeliveryState, JobState, SeriesState
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -47,7 +49,7 @@ class Series(Base):
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str] = mapped_column(String(64), default="")
-    state: Mapped[str] = mapped_column(String(16), default="receiving")
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -87,7 +89,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -151,7 +153,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
     destination: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default=DeliveryState.PENDING.value)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     not_before: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)

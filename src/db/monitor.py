@@ -1,4 +1,5 @@
-"""Read-only views of the queue for people: the job table and one job's whole story."""
+"""Read-only views of the queue for people: the job table and one job's whole story, as typed rows that
+the command line and the status page both show."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, Series, Study
+from db.states import DeliveryState, JobEventKind
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,50 @@ class JobRow:
         return " ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stage_seconds.items())
 
 
+@dataclass(frozen=True)
+class EventRow:
+    at: dt.datetime
+    kind: str
+    attempt: int
+    stage: str | None
+    seconds: float | None
+    worker: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    kind: str
+    sop_instance_uid: str
+    path: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    kind: str  # of the result delivered
+    destination: str
+    state: str
+    attempts: int
+    last_status: int | None
+    delivered_at: dt.datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class JobDetail:
+    row: JobRow
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    events: list[EventRow]
+    results: list[ResultRow]
+    deliveries: list[DeliveryRow]
+
+
 def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, float]]:
     """Seconds per stage of each job's latest attempt."""
     rows = session.execute(
         select(JobEvent.job_id, JobEvent.attempt, JobEvent.stage, JobEvent.seconds)
-        .where(JobEvent.job_id.in_(job_ids), JobEvent.kind == "stage").order_by(JobEvent.id)
+        .where(JobEvent.job_id.in_(job_ids), JobEvent.kind == JobEventKind.STAGE).order_by(JobEvent.id)
     ).all()
     latest: dict[int, int] = {}
     for job_id, attempt, _, _ in rows:
@@ -51,6 +92,15 @@ def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, 
     return out
 
 
+def _row(job: Job, series: Series, study: Study, stages: dict[str, float]) -> JobRow:
+    return JobRow(
+        id=job.id, state=job.state, patient_id=study.patient_id, study_instance_uid=study.study_instance_uid,
+        series_instance_uid=series.series_instance_uid, modality=series.modality, instances=series.instance_count,
+        model=job.model, attempts=job.attempts, max_attempts=job.max_attempts, created_at=job.created_at,
+        finished_at=job.finished_at, stage_seconds=stages, error=job.error,
+    )
+
+
 def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow]:
     with db.read() as session:
         query = (select(Job, Series, Study).join(Series, Job.series_id == Series.id)
@@ -59,22 +109,7 @@ def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow
             query = query.where(Job.state == state)
         found = session.execute(query).all()
         stages = _stage_seconds(session, [job.id for job, _, _ in found])
-        return [
-            JobRow(job.id, job.state, study.patient_id, study.study_instance_uid, series.series_instance_uid,
-                   series.modality, series.instance_count, job.model, job.attempts, job.max_attempts,
-                   job.created_at, job.finished_at, stages.get(job.id, {}), job.error)
-            for job, series, study in found
-        ]
-
-
-@dataclass(frozen=True)
-class JobDetail:
-    row: JobRow
-    lease_owner: str | None
-    lease_expires_at: dt.datetime | None
-    events: list[tuple[dt.datetime, str, int, str | None, float | None, str | None, str]]
-    results: list[tuple[str, str, str]]
-    deliveries: list[tuple[str, str, str, int, int | None, dt.datetime | None, str | None]]
+        return [_row(job, series, study, stages.get(job.id, {})) for job, series, study in found]
 
 
 def job(db: Database, job_id: int) -> JobDetail | None:
@@ -82,15 +117,11 @@ def job(db: Database, job_id: int) -> JobDetail | None:
         found = session.get(Job, job_id)
         if found is None:
             return None
-        series, study = found.series, found.series.study
-        stages = _stage_seconds(session, [job_id]).get(job_id, {})
-        row = JobRow(found.id, found.state, study.patient_id, study.study_instance_uid, series.series_instance_uid,
-                     series.modality, series.instance_count, found.model, found.attempts, found.max_attempts,
-                     found.created_at, found.finished_at, stages, found.error)
-        events = [(e.at, e.kind, e.attempt, e.stage, e.seconds, e.worker, e.message) for e in found.events]
-        results = [(r.kind, r.sop_instance_uid, r.path) for r in found.results]
+        row = _row(found, found.series, found.series.study, _stage_seconds(session, [job_id]).get(job_id, {}))
+        events = [EventRow(e.at, e.kind, e.attempt, e.stage, e.seconds, e.worker, e.message) for e in found.events]
+        results = [ResultRow(r.kind, r.sop_instance_uid, r.path) for r in found.results]
         deliveries = [
-            (r.kind, d.destination, d.state, d.attempts, d.last_status, d.delivered_at, d.error)
+            DeliveryRow(r.kind, d.destination, d.state, d.attempts, d.last_status, d.delivered_at, d.error)
             for r in found.results for d in session.scalars(
                 select(Delivery).where(Delivery.result_id == r.id).order_by(Delivery.id))
         ]
@@ -99,7 +130,7 @@ def job(db: Database, job_id: int) -> JobDetail | None:
 
 def counts(db: Database) -> dict[str, int]:
     with db.read() as session:
-        return dict(session.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+        return {state: int(n) for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state))}
 
 
 def delivered_results(db: Database, job_id: int) -> list[str]:
@@ -107,4 +138,4 @@ def delivered_results(db: Database, job_id: int) -> list[str]:
     with db.read() as session:
         results = session.scalars(select(Result).where(Result.job_id == job_id)).all()
         return [r.sop_instance_uid for r in results
-                if r.deliveries and all(d.state == "delivered" for d in r.deliveries)]
+                if r.deliveries and all(d.state == DeliveryState.DELIVERED for d in r.deliveries)]

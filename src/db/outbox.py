@@ -15,8 +15,7 @@ from sqlalchemy import and_, or_, select
 from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, utcnow
-
-PENDING, SENDING, DELIVERED = "pending", "sending", "delivered"
+from db.states import DeliveryState
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,14 @@ def claim(db: Database, sender: str, policy: DeliveryPolicy) -> DeliveryTask | N
         delivery = session.scalar(
             select(Delivery).where(
                 or_(
-                    and_(Delivery.state == PENDING, Delivery.not_before <= now),
-                    and_(Delivery.state == SENDING, Delivery.lease_expires_at < now),
+                    and_(Delivery.state == DeliveryState.PENDING, Delivery.not_before <= now),
+                    and_(Delivery.state == DeliveryState.SENDING, Delivery.lease_expires_at < now),
                 )
             ).order_by(Delivery.not_before, Delivery.id).limit(1).with_for_update(skip_locked=True)
         )
         if delivery is None:
             return None
-        delivery.state = SENDING
+        delivery.state = DeliveryState.SENDING
         delivery.attempts += 1
         delivery.lease_owner = sender
         delivery.lease_expires_at = now + dt.timedelta(seconds=policy.lease_seconds)
@@ -65,7 +64,7 @@ def delivered(db: Database, delivery_id: int, status: int) -> None:
     with db.transaction() as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is not None:
-            delivery.state, delivery.last_status, delivery.error = DELIVERED, status, None
+            delivery.state, delivery.last_status, delivery.error = DeliveryState.DELIVERED, status, None
             delivery.delivered_at = utcnow()
             delivery.lease_owner = delivery.lease_expires_at = None
 
@@ -77,7 +76,7 @@ def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy,
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None:
             return utcnow()
-        delivery.state, delivery.last_status, delivery.error = PENDING, status, reason
+        delivery.state, delivery.last_status, delivery.error = DeliveryState.PENDING, status, reason
         delivery.not_before = utcnow() + policy.backoff(delivery.attempts)
         delivery.lease_owner = delivery.lease_expires_at = None
         return delivery.not_before

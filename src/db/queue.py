@@ -18,9 +18,8 @@ from sqlalchemy.orm import Session
 from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, REJECTED = "queued", "running", "succeeded", "failed", "rejected"
-FINAL_STATES = (SUCCEEDED, FAILED, REJECTED)
+from db.states import FINAL_JOB_STATES, DeliveryState, JobState, SeriesState
+from db.states import JobEventKind as Event
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class ResultFile:
     path: str
 
 
-def _event(job: Job, kind: str, message: str = "", worker: str | None = None, stage: str | None = None,
+def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, stage: str | None = None,
            seconds: float | None = None) -> JobEvent:
     return JobEvent(job=job, kind=kind, message=message, worker=worker, stage=stage, seconds=seconds,
                     attempt=job.attempts, at=utcnow())
@@ -70,18 +69,19 @@ def enqueue_settled(db: Database, policy: QueuePolicy, now: dt.datetime | None =
     with db.transaction() as session:
         settled = session.scalars(
             select(Series).where(
-                Series.state == "receiving",
+                Series.state == SeriesState.RECEIVING,
                 Series.released_at.is_not(None),
                 Series.released_at >= Series.last_received_at,
                 Series.released_at <= limit,
             ).with_for_update(skip_locked=True)
         ).all()
         for series in settled:
-            series.state = "queued"
-            job = Job(series=series, state=QUEUED, max_attempts=policy.max_attempts, not_before=now, created_at=now)
+            series.state = SeriesState.QUEUED
+            job = Job(series=series, state=JobState.QUEUED, max_attempts=policy.max_attempts, not_before=now,
+                      created_at=now)
             session.add(job)
             session.flush()
-            session.add(_event(job, "queued", f"series settled with {series.instance_count} instances"))
+            session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"))
             created.append(job.id)
     return created
 
@@ -93,27 +93,27 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
         candidates = session.scalars(
             select(Job).where(
                 or_(
-                    and_(Job.state == QUEUED, Job.not_before <= now),
-                    and_(Job.state == RUNNING, Job.lease_expires_at < now),
+                    and_(Job.state == JobState.QUEUED, Job.not_before <= now),
+                    and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
                 )
             ).order_by(Job.id).limit(5).with_for_update(skip_locked=True)
         ).all()
         for job in candidates:
-            if job.state == RUNNING:
+            if job.state == JobState.RUNNING:
                 reason = f"worker {job.lease_owner} stopped renewing its lease (attempt {job.attempts})"
-                session.add(_event(job, "lease-expired", reason, worker=job.lease_owner))
+                session.add(_event(job, Event.LEASE_EXPIRED, reason, worker=job.lease_owner))
                 if job.attempts >= job.max_attempts:
-                    job.state, job.finished_at, job.lease_owner = FAILED, now, None
+                    job.state, job.finished_at, job.lease_owner = JobState.FAILED, now, None
                     job.error = f"{reason}; no attempts left"
-                    session.add(_event(job, "failed", job.error))
+                    session.add(_event(job, Event.FAILED, job.error))
                     continue
-            job.state = RUNNING
+            job.state = JobState.RUNNING
             job.attempts += 1
             job.lease_owner = worker
             job.lease_expires_at = now + dt.timedelta(seconds=policy.lease_seconds)
             job.started_at = job.started_at or now
             job.model, job.model_version = model, model_version
-            session.add(_event(job, "claimed", f"attempt {job.attempts} of {job.max_attempts}", worker=worker))
+            session.add(_event(job, Event.CLAIMED, f"attempt {job.attempts} of {job.max_attempts}", worker=worker))
             series = job.series
             paths = session.scalars(
                 select(Instance.path).where(Instance.series_id == series.id).order_by(Instance.id)
@@ -125,7 +125,7 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
 
 def _owned(session: Session, job_id: int, worker: str) -> Job | None:
     job = session.get(Job, job_id, with_for_update=True)
-    if job is None or job.state != RUNNING or job.lease_owner != worker:
+    if job is None or job.state != JobState.RUNNING or job.lease_owner != worker:
         return None
     return job
 
@@ -134,7 +134,7 @@ def heartbeat(db: Database, job_id: int, worker: str, policy: QueuePolicy) -> bo
     """Extend the lease; False when the job is no longer this worker's (taken over or reset)."""
     with db.transaction() as session:
         result = session.execute(
-            update(Job).where(Job.id == job_id, Job.state == RUNNING, Job.lease_owner == worker)
+            update(Job).where(Job.id == job_id, Job.state == JobState.RUNNING, Job.lease_owner == worker)
             .values(lease_expires_at=utcnow() + dt.timedelta(seconds=policy.lease_seconds))
         )
         return cast(CursorResult[Any], result).rowcount == 1
@@ -144,7 +144,7 @@ def record_stage(db: Database, job_id: int, worker: str, stage: str, seconds: fl
     with db.transaction() as session:
         job = session.get(Job, job_id)
         if job is not None:
-            session.add(_event(job, "stage", message, worker=worker, stage=stage, seconds=seconds))
+            session.add(_event(job, Event.STAGE, message, worker=worker, stage=stage, seconds=seconds))
 
 
 def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], destinations: list[str]) -> bool:
@@ -154,7 +154,7 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
         job = _owned(session, job_id, worker)
         if job is None:
             return False
-        job.state, job.finished_at, job.error = SUCCEEDED, now, None
+        job.state, job.finished_at, job.error = JobState.SUCCEEDED, now, None
         job.lease_owner = job.lease_expires_at = None
         for item in results:
             result = session.scalar(select(Result).where(Result.sop_instance_uid == item.sop_instance_uid))
@@ -166,10 +166,10 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
             else:
                 result.job, result.path = job, item.path
             for destination in destinations:
-                session.add(Delivery(result=result, destination=destination, state="pending", not_before=now,
-                                     created_at=now))
+                session.add(Delivery(result=result, destination=destination, state=DeliveryState.PENDING,
+                                     not_before=now, created_at=now))
         names = ", ".join(f"{r.kind} {r.sop_instance_uid}" for r in results) or "no objects"
-        session.add(_event(job, "succeeded", f"{names}; delivering to {', '.join(destinations) or 'nobody'}",
+        session.add(_event(job, Event.SUCCEEDED, f"{names}; delivering to {', '.join(destinations) or 'nobody'}",
                            worker=worker))
         return True
 
@@ -185,16 +185,16 @@ def fail(db: Database, job_id: int, worker: str, reason: str, policy: QueuePolic
         job.error = reason
         job.lease_owner = job.lease_expires_at = None
         if not retry:
-            job.state, job.finished_at = REJECTED, now
-            session.add(_event(job, "rejected", reason, worker=worker))
+            job.state, job.finished_at = JobState.REJECTED, now
+            session.add(_event(job, Event.REJECTED, reason, worker=worker))
         elif job.attempts >= job.max_attempts:
-            job.state, job.finished_at = FAILED, now
-            session.add(_event(job, "failed", f"{reason} (attempt {job.attempts} of {job.max_attempts}, "
+            job.state, job.finished_at = JobState.FAILED, now
+            session.add(_event(job, Event.FAILED, f"{reason} (attempt {job.attempts} of {job.max_attempts}, "
                                               "no attempts left)", worker=worker))
         else:
             delay = policy.backoff(job.attempts)
-            job.state, job.not_before = QUEUED, now + delay
-            session.add(_event(job, "retry", f"{reason} (attempt {job.attempts} of {job.max_attempts}; "
+            job.state, job.not_before = JobState.QUEUED, now + delay
+            session.add(_event(job, Event.RETRY, f"{reason} (attempt {job.attempts} of {job.max_attempts}; "
                                              f"next in {delay.total_seconds():.0f} s)", worker=worker))
         return job.state
 
@@ -204,11 +204,11 @@ def retry(db: Database, job_id: int, max_attempts: int | None = None) -> bool:
     now = utcnow()
     with db.transaction() as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None or job.state not in FINAL_STATES:
+        if job is None or job.state not in FINAL_JOB_STATES:
             return False
         previous = job.state
         job.max_attempts = job.attempts + (max_attempts or job.max_attempts)
-        job.state, job.not_before, job.finished_at = QUEUED, now, None
-        session.add(_event(job, "requeued", f"retry requested by an operator (was {previous})"))
+        job.state, job.not_before, job.finished_at = JobState.QUEUED, now, None
+        session.add(_event(job, Event.REQUEUED, f"retry requested by an operator (was {previous})"))
         return True
 

@@ -20,11 +20,10 @@ from pynetdicom.events import Event
 from db import outbox
 from db.engine import Database
 from db.errors import PeerFailure
+from db.polling import poll
+from pacs_node.status import STORED
 
 log = logging.getLogger("ainode.deliver")
-
-_DELIVERED_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
-
 
 @dataclass(frozen=True)
 class Destination:
@@ -91,7 +90,7 @@ class Dispatcher:
             outbox.failed(self.db, task.id, f"unexpected error: {exc!r}", self.policy)
             log.exception("delivery %d failed unexpectedly", task.id)
             return True
-        if status in _DELIVERED_STATUSES:
+        if status in STORED:
             outbox.delivered(self.db, task.id, status)
             log.info("delivered %s to %s (status 0x%04X)", task.sop_instance_uid, task.destination, status)
         else:
@@ -100,11 +99,4 @@ class Dispatcher:
         return True
 
     def run(self, stop: threading.Event, poll_seconds: float = 0.5) -> None:
-        while not stop.is_set():
-            try:
-                busy = self.deliver_one()
-            except Exception:
-                log.exception("the outbox is not reachable")
-                busy = False
-            if not busy:
-                stop.wait(poll_seconds)
+        poll(self.deliver_one, stop, poll_seconds, log, "the outbox is not reachable")

@@ -7,6 +7,7 @@ import threading
 
 from db import ingest, queue
 from db.engine import Database
+from db.polling import poll
 from pacs_node import scp
 from pacs_node.dispatch import Dispatcher
 
@@ -25,14 +26,13 @@ class Node:
         self._server = None
 
     def _settle(self) -> None:
-        interval = min(1.0, max(0.1, self.policy.settle_seconds / 4))
-        while not self.stopping.is_set():
-            try:
-                for job_id in queue.enqueue_settled(self.db, self.policy):
-                    log.info("queued job %d", job_id)
-            except Exception:
-                log.exception("cannot queue settled series")
-            self.stopping.wait(interval)
+        def step() -> bool:
+            for job_id in queue.enqueue_settled(self.db, self.policy):
+                log.info("queued job %d", job_id)
+            return False  # look again after the interval
+
+        poll(step, self.stopping, min(1.0, max(0.1, self.policy.settle_seconds / 4)), log,
+             "cannot queue settled series")
 
     def start(self) -> None:
         abandoned = ingest.release_abandoned(self.db)

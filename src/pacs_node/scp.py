@@ -29,40 +29,24 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    EnhancedMRColorImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedPETImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    LegacyConvertedEnhancedPETImageStorage,
-    MRImageStorage,
-    PositronEmissionTomographyImageStorage,
-    Verification,
-)
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
 from db import ingest
 from db.engine import Database
-from pacs_node.storage import InvalidUID, check_uid, instance_path, write_atomic
+from db.sop_classes import VOLUME_IMAGE_STORAGE
+from db.storage import InvalidUID, check_uid, instance_path, write_atomic
+from pacs_node.status import (
+    CANNOT_UNDERSTAND,
+    DATASET_DOES_NOT_MATCH,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    with_comment,
+)
 
 log = logging.getLogger("ainode.receive")
-
-IMAGE_STORAGE = (
-    CTImageStorage,
-    EnhancedCTImageStorage,
-    LegacyConvertedEnhancedCTImageStorage,
-    MRImageStorage,
-    EnhancedMRImageStorage,
-    EnhancedMRColorImageStorage,
-    LegacyConvertedEnhancedMRImageStorage,
-    PositronEmissionTomographyImageStorage,
-    EnhancedPETImageStorage,
-    LegacyConvertedEnhancedPETImageStorage,
-)
 
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian,
@@ -78,13 +62,6 @@ TRANSFER_SYNTAXES = (
     RLELossless,
 )
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC210
-UNABLE_TO_PROCESS = 0xC211
-
-
 @dataclass(frozen=True)
 class ReceiverConfig:
     ae_title: str
@@ -98,13 +75,6 @@ class ReceiverConfig:
 
 class BadDataset(ValueError):
     """The received dataset cannot be stored as it is; the message names the attribute and value."""
-
-
-def _status(code: int, comment: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = comment[:64]
-    return status
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -127,7 +97,7 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> 
     the worker records why they are not part of a volume.
     """
     if "PixelData" not in ds:
-        if sop_class_uid in IMAGE_STORAGE:
+        if sop_class_uid in VOLUME_IMAGE_STORAGE:
             raise BadDataset("the dataset has no Pixel Data")
         return
     for keyword in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel"):
@@ -161,7 +131,7 @@ class Receiver:
             return self._store(event)
         except Exception as exc:  # the last line of defence: nothing reaches the network stack
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
-            return _status(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
+            return with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
 
     def _store(self, event: Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
@@ -176,16 +146,16 @@ class Receiver:
             if check_uid(ds.get("SOPClassUID"), "SOPClassUID") != sop_class_uid:
                 log.warning("%s: SOPClassUID %s differs from the request's %s", sop_instance_uid,
                             ds.SOPClassUID, sop_class_uid)
-                return _status(DATASET_DOES_NOT_MATCH, f"SOPClassUID {ds.SOPClassUID} != request")
+                return with_comment(DATASET_DOES_NOT_MATCH, f"SOPClassUID {ds.SOPClassUID} != request")
             study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
             series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
             _check_pixel_data(ds, transfer_syntax, sop_class_uid)
         except (InvalidUID, BadDataset) as exc:
             log.warning("refused an instance from %s: %s", calling, exc)
-            return _status(CANNOT_UNDERSTAND, str(exc))
+            return with_comment(CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # pydicom raises many kinds on undecodable bytes
             log.warning("cannot decode an instance from %s: %s", calling, exc)
-            return _status(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
+            return with_comment(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
 
         self._touch(event, series)
         try:
@@ -194,14 +164,14 @@ class Receiver:
                 return SUCCESS
         except SQLAlchemyError as exc:
             log.error("database unavailable: %s", exc)
-            return _status(OUT_OF_RESOURCES, "database unavailable")
+            return with_comment(OUT_OF_RESOURCES, "database unavailable")
 
         relative = instance_path(study, series, sop_instance_uid)
         try:
-            size = write_atomic(self.config.storage_root, relative, event.encoded_dataset())
+            size = write_atomic(self.config.storage_root / relative, event.encoded_dataset())
         except OSError as exc:
             log.error("cannot write %s: %s", relative, exc)
-            return _status(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
+            return with_comment(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
 
         record = ingest.ReceivedInstance(
             study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop_instance_uid,
@@ -216,7 +186,7 @@ class Receiver:
             ingest.record_instance(self.db, record)
         except SQLAlchemyError as exc:
             log.error("cannot record %s: %s", sop_instance_uid, exc)
-            return _status(OUT_OF_RESOURCES, "database error")
+            return with_comment(OUT_OF_RESOURCES, "database error")
         return SUCCESS
 
     def _touch(self, event: Event, series_instance_uid: str) -> None:

@@ -12,14 +12,16 @@ from pydicom.dataset import Dataset
 
 from db.errors import RejectedInput
 from db.queue import ClaimedJob, ResultFile
-from worker.files import save_atomic
-from worker.geometry import assemble
-from worker.identity import OutputSettings, result_identity
-from worker.modelspec import ModelSpec
-from worker.network import Segmenter
-from worker.postprocess import clean
-from worker.seg import build_segmentation, present_labels
-from worker.sr import build_nothing_found_report, build_report
+from db.storage import result_path, write_atomic
+from worker.assembly.series import assemble
+from worker.assembly.volume import Volume
+from worker.models.postprocess import clean
+from worker.models.runtime import Runtime, segment
+from worker.results.content import source_headers
+from worker.results.findings import find
+from worker.results.identity import OutputSettings, result_identity
+from worker.results.seg import build_segmentation
+from worker.results.sr import build_nothing_found_report, build_report
 
 StageReporter = Callable[[str, float, str], None]
 
@@ -31,18 +33,40 @@ class PipelineConfig:
     max_missing_slices: int = 0
 
 
-class Pipeline:
-    def __init__(self, spec: ModelSpec, segmenter: Segmenter, config: PipelineConfig) -> None:
-        self.spec = spec
-        self.segmenter = segmenter
-        self.config = config
-        self.weights_digest = spec.weights_digest()
+def _describe(volume: Volume) -> list[str]:
+    size = volume.image.GetSize()
+    notes = [f"{size[0]}x{size[1]}x{size[2]} at " + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm"]
+    if volume.interpolated:
+        notes.append(f"interpolated {volume.interpolated} missing slice(s)")
+    if volume.ignored:
+        notes.append(f"ignored {len(volume.ignored)}: " + "; ".join(volume.ignored[:5])
+                     + (" …" if len(volume.ignored) > 5 else ""))
+    return notes
 
-    def _save(self, kind: str, dataset: Dataset, folder: Path) -> ResultFile:
-        relative = folder / f"{kind}-{dataset.SOPInstanceUID}.dcm"
-        save_atomic(dataset, self.config.storage_root / relative)
+
+class Pipeline:
+    def __init__(self, runtime: Runtime, config: PipelineConfig) -> None:
+        self.runtime = runtime
+        self.spec = runtime.spec
+        self.config = config
+        self.weights_digest = self.spec.weights_digest()
+
+    def _save(self, job: ClaimedJob, kind: str, dataset: Dataset) -> ResultFile:
+        relative = result_path(job.study_instance_uid, job.id, kind, str(dataset.SOPInstanceUID))
+        write_atomic(self.config.storage_root / relative,
+                     lambda fh: dataset.save_as(fh, enforce_file_format=True))
         return ResultFile(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
                           str(dataset.SeriesInstanceUID), str(relative))
+
+    def _check(self, job: ClaimedJob, volume: Volume) -> None:
+        missing = [ds.SOPInstanceUID for ds in volume.datasets if not ds.get("FrameOfReferenceUID")]
+        if missing:
+            raise RejectedInput(f"instance {missing[0]} has no FrameOfReferenceUID"
+                                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+                                + ": a segmentation cannot be placed on it")
+        if volume.modality != self.spec.modality:
+            raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
+                                f"model {self.spec.name} takes {self.spec.modality}")
 
     def process(self, job: ClaimedJob, report: StageReporter) -> list[ResultFile]:
         @contextmanager
@@ -52,48 +76,29 @@ class Pipeline:
             yield note
             report(name, time.perf_counter() - start, "; ".join(note))
 
-        root = self.config.storage_root
+        spec, output = self.spec, self.config.output
         with stage("assemble") as note:
-            volume = assemble([root / p for p in job.instance_paths], self.spec.min_slices,
+            volume = assemble([self.config.storage_root / p for p in job.instance_paths], spec.min_slices,
                               self.config.max_missing_slices)
-            missing = [ds.SOPInstanceUID for ds in volume.datasets if not ds.get("FrameOfReferenceUID")]
-            if missing:
-                raise RejectedInput(f"instance {missing[0]} has no FrameOfReferenceUID"
-                                    + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-                                    + ": a segmentation cannot be placed on it")
-            if volume.modality != self.spec.modality:
-                raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
-                                    f"model {self.spec.name} takes {self.spec.modality}")
-            size = volume.image.GetSize()
-            note.append(f"{size[0]}x{size[1]}x{size[2]} at "
-                        + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm")
-            if volume.interpolated:
-                note.append(f"interpolated {volume.interpolated} missing slice(s)")
-            if volume.ignored:
-                note.append(f"ignored {len(volume.ignored)}: " + "; ".join(volume.ignored[:5])
-                            + (" …" if len(volume.ignored) > 5 else ""))
+            self._check(job, volume)
+            note.extend(_describe(volume))
         with stage("segment") as note:
-            labels = self.segmenter.segment(volume.image)
-            note.append(f"{self.spec.name} {self.spec.version} on {self.segmenter.device}")
+            labels = segment(self.runtime, volume.image)
+            note.append(f"{spec.name} {spec.version} on {self.runtime.device}")
         with stage("postprocess") as note:
-            labels = clean(labels, self.spec.labels, volume.voxel_ml)
-            present = present_labels(self.spec, labels)
-            note.append(", ".join(f"{label.name} {float((labels == label.value).sum()) * volume.voxel_ml:.1f} mL"
-                                  for label in present) or "nothing found")
-        identity = result_identity(self.spec, self.weights_digest, [str(ds.SOPInstanceUID) for ds in volume.datasets])
-        folder = Path("results") / job.study_instance_uid / f"job-{job.id}"
-        if not present:
-            if self.config.output.when_nothing_found != "report":
-                report("encode", 0.0, "nothing found: no output, as configured (output.when_nothing_found)")
-                return []
-            with stage("encode") as note:
-                sr = build_nothing_found_report(volume, self.spec, identity, self.config.output)
-                note.append("nothing found: an SR that says so, no SEG")
-                return [self._save("SR", sr, folder)]
+            findings = find(volume, clean(labels, spec.labels, volume.voxel_ml), spec)
+            note.append(findings.summary)
+        identity = result_identity(spec, self.weights_digest, volume.sop_instance_uids)
+        if not findings.present and output.when_nothing_found != "report":
+            report("encode", 0.0, "nothing found: no output, as configured (output.when_nothing_found)")
+            return []
         with stage("encode") as note:
-            seg = build_segmentation(volume, labels, self.spec, identity, self.config.output)
-            sr = build_report(volume, labels, seg, self.spec, identity, self.config.output)
-            results = [self._save("SEG", seg, folder), self._save("SR", sr, folder)]
+            sources = source_headers(volume)
+            if not findings.present:
+                note.append("nothing found: an SR that says so, no SEG")
+                return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output))]
+            seg = build_segmentation(volume, sources, findings, spec, identity, output)
+            sr = build_report(sources, findings, seg, spec, identity, output)
             note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
-                        f"{len(seg.SegmentSequence)} segments; SR {len(present)} measurement groups")
-        return results
+                        f"{len(seg.SegmentSequence)} segments; SR {len(findings.present)} measurement groups")
+            return [self._save(job, "SEG", seg), self._save(job, "SR", sr)]

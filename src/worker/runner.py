@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from db import queue
 from db.engine import Database
 from db.errors import RejectedInput
+from db.polling import poll
 from worker.pipeline import Pipeline
 
 log = logging.getLogger("ainode.worker")
@@ -36,14 +37,13 @@ class Worker:
         self.name = name or worker_name()
 
     def _heartbeat(self, job_id: int, done: threading.Event) -> None:
-        interval = max(0.2, self.policy.lease_seconds / 3)
-        while not done.wait(interval):
-            try:
-                if not queue.heartbeat(self.db, job_id, self.name, self.policy):
-                    log.warning("job %d is no longer ours (lease lost)", job_id)
-                    return
-            except Exception:
-                log.exception("heartbeat for job %d failed", job_id)
+        def beat() -> bool:
+            if not queue.heartbeat(self.db, job_id, self.name, self.policy):
+                log.warning("job %d is no longer ours (lease lost)", job_id)
+                done.set()
+            return False  # wait a third of the lease before the next beat
+
+        poll(beat, done, max(0.2, self.policy.lease_seconds / 3), log, f"heartbeat for job {job_id} failed")
 
     def run_one(self) -> bool:
         """Process the next job, if any; True when one was processed."""
@@ -60,19 +60,19 @@ class Worker:
             queue.record_stage(self.db, job.id, self.name, stage, seconds, message)
 
         try:
-            results = self.pipeline.process(job, report)
+            try:
+                results = self.pipeline.process(job, report)
+            finally:
+                done.set()
         except RejectedInput as exc:
-            done.set()
             queue.fail(self.db, job.id, self.name, str(exc), self.policy, retry=False)
             log.warning("job %d rejected: %s", job.id, exc)
             return True
         except Exception as exc:
-            done.set()
             reason = f"{type(exc).__name__}: {exc}"
             state = queue.fail(self.db, job.id, self.name, reason, self.policy, retry=True)
             log.exception("job %d attempt %d failed (now %s)", job.id, job.attempt, state)
             return True
-        done.set()
         if queue.complete(self.db, job.id, self.name, results, list(self.config.destinations)):
             log.info("job %d succeeded: %d objects", job.id, len(results))
         else:
@@ -81,11 +81,4 @@ class Worker:
 
     def run(self, stop: threading.Event) -> None:
         log.info("worker %s ready (%s %s)", self.name, self.pipeline.spec.name, self.pipeline.spec.version)
-        while not stop.is_set():
-            try:
-                busy = self.run_one()
-            except Exception:
-                log.exception("the queue is not reachable")
-                busy = False
-            if not busy:
-                stop.wait(self.config.poll_seconds)
+        poll(self.run_one, stop, self.config.poll_seconds, log, "the queue is not reachable")

@@ -1,7 +1,7 @@
-"""The model adapter: builds the network a model file describes, loads its weights, runs inference.
+"""The ``ainode`` kind of model: a MONAI ``UNet`` a ``model.toml`` describes, run by sliding window.
 
-The only module that touches torch and MONAI at run time, so another architecture means another
-adapter here and nothing else.
+The network is built from the model file, its weights loaded and checked against it, and inference runs
+on the model's own grid (``worker.models.grid``); the probabilities go back through ``runtime.to_source``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 from db.errors import ConfigurationError
-from worker.modelspec import ModelSpec
-from worker.preprocess import probabilities_to_source, to_model_space
+from worker.models.grid import to_model_space
+from worker.models.runtime import ModelOutput, choose_device
+from worker.models.spec import ModelSpec
 
 
 def build_network(spec: ModelSpec) -> torch.nn.Module:
@@ -31,21 +32,12 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
     )
 
 
-def choose_device(name: str) -> torch.device:
-    """``auto`` takes CUDA when present; naming a device that is absent is a configuration error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigurationError(f"worker.device {name!r} asked for CUDA, but no CUDA device is present")
-    return torch.device(name)
-
-
-class Segmenter:
-    """A loaded model that turns an image on any grid into labels on that same grid."""
+class UNetRuntime:
+    """A loaded ``UNet`` with its model file: the first implementation of ``runtime.Runtime``."""
 
     def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
-        self.device = choose_device(device)
+        self.device = choose_device(device, torch.cuda.is_available())
         if threads:
             torch.set_num_threads(threads)
         self.network = build_network(spec)
@@ -60,11 +52,11 @@ class Segmenter:
                 f"model weights {str(spec.weights_path)!r} do not fit the architecture in "
                 f"{str(spec.path)!r}: {str(exc).splitlines()[0]}"
             ) from exc
-        self.network.to(self.device).eval()
+        self.network.to(torch.device(self.device)).eval()
 
     def probabilities(self, model_input: np.ndarray) -> np.ndarray:
         """Softmax probabilities (C, z, y, x) for a preprocessed (z, y, x) array."""
-        tensor = torch.from_numpy(model_input)[None, None].to(self.device)
+        tensor = torch.from_numpy(model_input)[None, None].to(torch.device(self.device))
         inf = self.spec.inference
         with torch.inference_mode():
             logits = sliding_window_inference(
@@ -74,7 +66,7 @@ class Segmenter:
             assert isinstance(logits, torch.Tensor)  # one output head: a tensor, not a tuple or dict
             return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
 
-    def segment(self, image: sitk.Image) -> np.ndarray:
-        """Labels (z, y, x, uint8) on the exact grid of ``image``."""
+    def infer(self, image: sitk.Image) -> ModelOutput:
+        """Class probabilities on the model's grid covering ``image``."""
         model_input, grid = to_model_space(image, self.spec.preprocess)
-        return probabilities_to_source(self.probabilities(model_input), grid, image)
+        return ModelOutput(grid, probabilities=self.probabilities(model_input))

@@ -1,7 +1,7 @@
-"""Between the source grid and the model's grid: orient, resample, window, and back again.
+"""From the source grid to the grid of an ainode model (``model.toml``): orient, resample, window.
 
 Training and inference both go through these functions, so the model sees at run time exactly the
-kind of input it was trained on.
+kind of input it was trained on. The way back to the source grid is ``runtime.to_source``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from worker.modelspec import PreprocessSpec
+from worker.models.spec import PreprocessSpec
 
 
 def model_grid(image: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
@@ -62,22 +62,6 @@ def labels_to_model_space(labels: sitk.Image, grid: sitk.Image) -> np.ndarray:
     """Truth labels on the model grid (nearest neighbour), for training."""
     out = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(out)
-
-
-def probabilities_to_source(probabilities: np.ndarray, grid: sitk.Image, source: sitk.Image) -> np.ndarray:
-    """Class probabilities (C, z, y, x) on the model grid → label array on the exact source grid.
-
-    Interpolating probabilities, not labels, keeps boundaries smooth at sub-voxel precision.
-    """
-    vector = sitk.GetImageFromArray(np.moveaxis(probabilities.astype(np.float32), 0, -1), isVector=True)
-    vector.CopyInformation(grid)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(source)
-    resampler.SetInterpolator(sitk.sitkLinear)
-    resampler.SetUseNearestNeighborExtrapolator(True)
-    resampler.SetOutputPixelType(sitk.sitkVectorFloat32)
-    on_source = sitk.GetArrayFromImage(resampler.Execute(vector))
-    return np.argmax(on_source, axis=-1).astype(np.uint8)
 
 
 def image_from_array(array: np.ndarray, spacing: tuple[float, float, float], origin: np.ndarray,

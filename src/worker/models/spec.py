@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from db.errors import ConfigurationError
 
-DEMO_MODEL = Path(__file__).parent / "models" / "demo" / "model.toml"
+DEMO_MODEL = Path(__file__).parent / "demo" / "model.toml"
 
 
 class _Strict(BaseModel):

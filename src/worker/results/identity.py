@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 
-from worker.modelspec import ModelSpec
+from worker.models.spec import ModelSpec
 
-SOFTWARE_VERSION = "0.1.0"
 
+def _software_version() -> str:
+    try:
+        return version("ainode")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
+SOFTWARE_VERSION = _software_version()
 
 _NAMESPACE = uuid.UUID("7f0b8f3e-5a8e-4c54-9d1e-6b1f0d2c9a11")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from worker.modelspec import LabelSpec
+from worker.models.spec import LabelSpec
 
 _CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
 

@@ -1,25 +1,23 @@
 """Pixels of the source frames: decoded once per instance, rescaled per frame, stacked in slice order.
 
-Geometry (which frame goes where) is decided in ``worker.geometry``; this module only fills the slots.
+Geometry (which frame goes where) is decided in ``worker.assembly.geometry``; this module only fills the
+slots. The frames' header datasets are never changed: pixels are read from the file beside them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from db.errors import RejectedInput, TransientFailure
-from worker import header
-
-if TYPE_CHECKING:
-    from worker.geometry import Frame
-
+from worker.assembly import header
+from worker.assembly.volume import Frame
 
 _NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
@@ -27,7 +25,7 @@ _NATIVE_LITTLE_ENDIAN = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, Deflate
 def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
     """Stored values of every frame, (frames, rows, cols). Native little endian is read straight from
     the file at the element's offset (pydicom's general decoder costs ~3 ms a slice); everything else
-    (compressed, big endian, deflated, colour) goes through pydicom."""
+    (compressed, big endian, deflated, colour) goes through pydicom, on a dataset read for that alone."""
     meta = getattr(ds, "file_meta", None)
     syntax = meta.get("TransferSyntaxUID") if meta is not None else None
     allocated = header.unsigned(ds, "BitsAllocated", 0)
@@ -47,14 +45,16 @@ def _stored_values(ds: Dataset, path: Path) -> np.ndarray:
             array = np.fromfile(path, dtype=dtype, count=count, offset=raw.value_tell)
             if array.size < count:
                 raise ValueError(f"the file ends after {array.size} of the {count} values {shape} needs")
+        elif raw is not None and raw.value is not None:  # small enough to have been read with the header
+            array = np.frombuffer(raw.value, dtype=dtype, count=count)
         else:
-            array = np.frombuffer(ds.PixelData, dtype=dtype, count=count)
+            array = np.frombuffer(dcmread(path).PixelData, dtype=dtype, count=count)
         array = array.reshape(shape)
         if stored < allocated:
             shift = allocated - stored
             array = (array << shift) >> shift if signed else array & ((1 << stored) - 1)
         return array
-    array = ds.pixel_array
+    array = dcmread(path).pixel_array
     return array.reshape((-1, *array.shape[-2:]))
 
 
@@ -80,6 +80,8 @@ def _fill(out: np.ndarray, instance: list[tuple[Frame, int]]) -> None:
         stored = _stored_values(frame.dataset, frame.path)
     except OSError as exc:
         raise TransientFailure(f"stored file {frame.path} cannot be read: {exc.strerror or exc}") from exc
+    except MemoryError as exc:
+        raise TransientFailure(f"out of memory decoding the pixel data of instance {frame.name}") from exc
     except Exception as exc:
         raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
     for frame, slot in instance:
@@ -89,8 +91,6 @@ def _fill(out: np.ndarray, instance: list[tuple[Frame, int]]) -> None:
         else:
             np.multiply(values, np.float32(frame.slope), out=out[slot], casting="unsafe")
             out[slot] += np.float32(frame.intercept)
-    if "PixelData" in frame.dataset:
-        del frame.dataset.PixelData  # the image keeps the pixels; results need only the header
 
 
 def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:

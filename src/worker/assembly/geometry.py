@@ -1,4 +1,4 @@
-"""Series → volume: the one place that decides how stored instances become a 3D image.
+"""Geometry: the one place that decides where each source frame lies and how the frames make a grid.
 
 Every source frame (a single-frame instance, or one frame of an Enhanced or Legacy Converted
 multi-frame object, read from its functional groups) gets a position, an orientation, a pixel spacing
@@ -15,82 +15,17 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import UID
+from pydicom.tag import Tag
 
-from db.errors import RejectedInput, TransientFailure
-from worker import header
-from worker.pixels import read_pixels
+from db.errors import RejectedInput
+from worker.assembly import header
+from worker.assembly.volume import Frame
 
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01  # fraction of the slice spacing a gap may differ from it
 IN_PLANE_TOLERANCE_MM = 0.05
-
-
-@dataclass(frozen=True)
-class Frame:
-    """One 2D source frame and where it sits in patient space (LPS, mm)."""
-
-    path: Path
-    dataset: Dataset
-    number: int | None  # 1-based frame number in a multi-frame instance; None for a single-frame one
-    position: np.ndarray
-    orientation: np.ndarray
-    pixel_spacing: np.ndarray
-    slope: float
-    intercept: float
-
-    @property
-    def name(self) -> str:
-        uid = header.string(self.dataset, "SOPInstanceUID", "?")
-        return uid if self.number is None else f"{uid} frame {self.number}"
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A 3D image (HU or the modality's real values) and, for each of its slices, the source frame."""
-
-    image: sitk.Image
-    frames: tuple[Frame, ...]
-    ignored: tuple[str, ...] = ()
-    slots: tuple[int, ...] = ()  # slice of the image holding each frame; the others were interpolated
-
-    @property
-    def interpolated(self) -> int:
-        return self.image.GetSize()[2] - len(self.frames)
-
-    @property
-    def voxel_ml(self) -> float:
-        return float(np.prod(self.image.GetSpacing())) / 1000.0
-
-    @property
-    def modality(self) -> str:
-        return str(self.frames[0].dataset.get("Modality", ""))
-
-    @property
-    def datasets(self) -> tuple[Dataset, ...]:
-        """The source instances, each once: in slice order for single-frame series."""
-        seen: dict[int, Dataset] = {}
-        for frame in self.frames:
-            seen.setdefault(id(frame.dataset), frame.dataset)
-        return tuple(seen.values())
-
-    @property
-    def multiframe(self) -> bool:
-        return self.frames[0].number is not None
-
-    def in_source_order(self, array: np.ndarray) -> np.ndarray:
-        """The slices of a (slices, rows, cols) array that lie on source frames, in the order the frames are
-        stored (one per single-frame instance, or a multi-frame object's frame order): what a SEG needs."""
-        if self.slots and len(self.slots) != array.shape[0]:
-            array = array[list(self.slots)]
-        if not self.multiframe:
-            return array
-        out = np.empty_like(array)
-        for k, frame in enumerate(self.frames):
-            out[frame.number - 1] = array[k]  # type: ignore[operator]
-        return out
+_ORIENTATION = Tag("ImageOrientationPatient")
 
 
 def _floats(value: object, count: int, keyword: str, name: str) -> np.ndarray:
@@ -200,6 +135,12 @@ class Stack:
     spacing: float
     slots: list[int]
 
+    def place(self, image: sitk.Image, first: Frame) -> None:
+        """Give the image of the sorted frames its place in patient space (first frame = origin)."""
+        image.SetSpacing((float(first.pixel_spacing[1]), float(first.pixel_spacing[0]), self.spacing))
+        image.SetOrigin(tuple(float(v) for v in first.position))
+        image.SetDirection(tuple(float(v) for v in self.direction.reshape(-1)))
+
 
 def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> Stack:
     """Order of the frames along the normal, the direction matrix and the slice spacing.
@@ -265,53 +206,11 @@ def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> S
     return Stack(order, direction, float(np.linalg.norm(stack)), slots)
 
 
-VOLUME_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1",  # Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.2",  # Legacy Converted Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.4",  # MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1",  # Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.4",  # Legacy Converted Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.128",  # Positron Emission Tomography Image Storage
-    "1.2.840.10008.5.1.4.1.1.130",  # Enhanced PET Image Storage
-    "1.2.840.10008.5.1.4.1.1.128.1",  # Legacy Converted Enhanced PET Image Storage
-}
-
-
-def _why_not_a_slice(ds: Dataset) -> str | None:
-    """Why an instance is not part of an image volume, or None when it may be."""
-    meta = getattr(ds, "file_meta", None)
-    sop_class = UID(header.string(ds, "SOPClassUID")
-                    or (str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else "") or "unknown")
-    if sop_class not in VOLUME_SOP_CLASSES:
-        return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
-    image_type = [v.upper() for v in header.strings(ds, "ImageType")]
-    if "LOCALIZER" in image_type:
-        return "a localizer (ImageType LOCALIZER)"
-    if "MOSAIC" in image_type:
-        return "a Siemens mosaic (several slices tiled in one image, ImageType MOSAIC), which ainode does not split"
-    if header.unsigned(ds, "SamplesPerPixel", 1) != 1:
-        return f"a colour image ({ds.get('PhotometricInterpretation', 'SamplesPerPixel 3')})"
-    return None
-
-
-def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
-    found: list[tuple[Path, Dataset]] = []
-    for path in paths:
-        try:
-            found.append((path, dcmread(path, defer_size=4096)))  # pixels are read when decoded
-        except OSError as exc:
-            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
-        except Exception as exc:
-            raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
-    return found
-
-
 def _rounded(values: np.ndarray) -> list[float]:
     return [round(float(v), 3) for v in values]
 
 
-def _main_stack(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
+def main_stack(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
     """Frames of the orientation most frames share; the others are ignored when the choice is clear."""
     groups: list[list[Frame]] = []
     for frame in frames:
@@ -332,43 +231,12 @@ def _main_stack(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
     return main, notes
 
 
-def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
-    """The frames that make up the series' image volume, and a reason for every instance left out."""
-    frames: list[Frame] = []
-    ignored: list[str] = []
-    for path, ds in _read_headers(paths):
-        reason = _why_not_a_slice(ds)
-        if reason:
-            ignored.append(f"{header.string(ds, 'SOPInstanceUID') or path.name}: {reason}")
-            continue
-        frames.extend(frames_of(ds, path))
-    if not frames:
-        raise RejectedInput("no image volume in the series: " + "; ".join(ignored[:3])
-                            + (f" (and {len(ignored) - 3} more)" if len(ignored) > 3 else ""))
-    frames, off_axis = _main_stack(frames)
-    return frames, ignored + off_axis
-
-
-def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Volume:
-    """Read the stored files of one series into a volume with checked geometry.
-
-    ``max_missing`` > 0 fills gaps of up to that many missing slices by linear interpolation (the SEG
-    then covers only the acquired slices); by default a missing slice refuses the series.
-    """
-    if not paths:
-        raise RejectedInput("the series has no stored instances")
-    frames, ignored = select_frames(paths)
-    multiframe = [f for f in frames if f.number is not None]
-    if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
-        raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
-                            "multi-frame objects; assemble one object at a time")
-    stack = sort_frames(frames, min_slices, max_missing)
-    ordered = [frames[i] for i in stack.order]
-    image = read_pixels(ordered, stack.slots)
-    image.SetSpacing((float(ordered[0].pixel_spacing[1]), float(ordered[0].pixel_spacing[0]), stack.spacing))
-    image.SetOrigin(tuple(float(v) for v in ordered[0].position))
-    image.SetDirection(tuple(float(v) for v in stack.direction.reshape(-1)))
-    return Volume(image, tuple(ordered), tuple(ignored), tuple(stack.slots))
+def share_orientation(headers: list[Dataset]) -> None:
+    """Give copies of single-frame source headers the first one's ImageOrientationPatient, for writers
+    (highdicom) that compare the strings: ``sort_frames`` already found them equal within 1e-4."""
+    if headers and _ORIENTATION in headers[0]:
+        for ds in headers[1:]:
+            ds[_ORIENTATION] = headers[0][_ORIENTATION]
 
 
 def tilt_degrees(image: sitk.Image) -> float:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import highdicom as hd
-import numpy as np
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from worker.geometry import Volume
-from worker.identity import OutputSettings, ResultIdentity
-from worker.modelspec import LabelSpec, ModelSpec
-from worker.seg import coded, contributing_equipment, present_labels, tracking_uid
+from worker.models.spec import ModelSpec
+from worker.results.content import coded, contributing_equipment, tracking_uid
+from worker.results.findings import Findings
+from worker.results.identity import OutputSettings, ResultIdentity
 
 MILLILITRE = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 HOUNSFIELD_UNIT = hd.sr.CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit")
@@ -21,23 +19,6 @@ PROCEDURE = {
     "MR": hd.sr.CodedConcept("25056-3", "LN", "MR unspecified body region"),
     "PT": hd.sr.CodedConcept("44136-0", "LN", "PET unspecified body region"),
 }
-
-
-def measure(volume: Volume, labels: np.ndarray, present: list[LabelSpec]) -> dict[str, dict[str, float]]:
-    """Volume (mL), and for CT mean and standard deviation of HU, inside each present label."""
-    values = None
-    out = {}
-    for label in present:
-        mask = labels == label.value
-        entry = {"volume_ml": float(mask.sum()) * volume.voxel_ml}
-        if volume.modality == "CT":
-            if values is None:
-                values = sitk.GetArrayViewFromImage(volume.image)
-            inside = values[mask]
-            entry["mean"] = float(inside.mean())
-            entry["std"] = float(inside.std())
-        out[label.name] = entry
-    return out
 
 
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
@@ -55,10 +36,10 @@ def _observation_context(spec: ModelSpec, identity: ResultIdentity,
     return hd.sr.ObservationContext(observer_device_context=observer)
 
 
-def _document(volume: Volume, evidence: list[Dataset], content: hd.sr.MeasurementReport, spec: ModelSpec,
-              identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+def _document(sources: list[Dataset], evidence: list[Dataset], content: hd.sr.MeasurementReport,
+              spec: ModelSpec, identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR(
-        evidence=[*evidence, *volume.datasets],
+        evidence=[*evidence, *sources],
         content=content,
         series_instance_uid=identity.sr_series_instance_uid,
         series_number=settings.sr_series_number,
@@ -71,7 +52,11 @@ def _document(volume: Volume, evidence: list[Dataset], content: hd.sr.Measuremen
     )
 
 
-def build_nothing_found_report(volume: Volume, spec: ModelSpec, identity: ResultIdentity,
+def _procedure(sources: list[Dataset]) -> hd.sr.CodedConcept:
+    return PROCEDURE.get(str(sources[0].get("Modality", "")), PROCEDURE["CT"])
+
+
+def build_nothing_found_report(sources: list[Dataset], spec: ModelSpec, identity: ResultIdentity,
                                settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 report that says the model found none of its labels (there is no SEG to reference)."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -81,36 +66,37 @@ def build_nothing_found_report(volume: Volume, spec: ModelSpec, identity: Result
     )
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(spec, identity, settings),
-        procedure_reported=PROCEDURE.get(volume.modality, PROCEDURE["CT"]),
+        procedure_reported=_procedure(sources),
         imaging_measurements=[group],
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    return _document(volume, [], report, spec, identity, settings)
+    return _document(sources, [], report, spec, identity, settings)
 
 
-def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, spec: ModelSpec,
+def build_report(sources: list[Dataset], findings: Findings, seg: hd.seg.Segmentation, spec: ModelSpec,
                  identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
-    present = present_labels(spec, labels)
-    figures = measure(volume, labels, present)
-    source_series = hd.sr.SourceSeriesForSegmentation(volume.datasets[0].SeriesInstanceUID)
+    """One volumetric group per SEG segment: volume, and for CT mean and SD of HU, with its finding codes."""
+    source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
+    ct = str(sources[0].get("Modality", "")) == "CT"
     groups = []
-    for number, label in enumerate(present, start=1):
-        entry = figures[label.name]
-        measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(entry["volume_ml"], 3), unit=MILLILITRE)]
-        if "mean" in entry:
+    for finding in findings.present:
+        label = finding.label
+        measurements = [hd.sr.Measurement(name=codes.SCT.Volume, value=round(finding.volume_ml, 3), unit=MILLILITRE)]
+        if ct:
             measurements += [
-                hd.sr.Measurement(name=ATTENUATION, value=round(entry["mean"], 2), unit=HOUNSFIELD_UNIT,
+                hd.sr.Measurement(name=ATTENUATION, value=round(finding.mean, 2), unit=HOUNSFIELD_UNIT,
                                   derivation=codes.SCT.Mean),
-                hd.sr.Measurement(name=ATTENUATION, value=round(entry["std"], 2), unit=HOUNSFIELD_UNIT,
+                hd.sr.Measurement(name=ATTENUATION, value=round(finding.std, 2), unit=HOUNSFIELD_UNIT,
                                   derivation=codes.SCT.StandardDeviation),
             ]
         site = label.anatomic_region or label.type
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid(identity, label),
-                                                         identifier=f"{label.name} {number}"),
+                                                         identifier=f"{label.name} {finding.segment_number}"),
             referenced_segment=hd.sr.ReferencedSegment(sop_class_uid=seg.SOPClassUID,
                                                        sop_instance_uid=seg.SOPInstanceUID,
-                                                       segment_number=number, source_series=source_series),
+                                                       segment_number=finding.segment_number,
+                                                       source_series=source_series),
             finding_type=coded(label.type),
             finding_category=coded(label.category),
             finding_sites=[hd.sr.FindingSite(coded(site))],
@@ -118,8 +104,8 @@ def build_report(volume: Volume, labels: np.ndarray, seg: hd.seg.Segmentation, s
         ))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(spec, identity, settings),
-        procedure_reported=PROCEDURE.get(volume.modality, PROCEDURE["CT"]),
+        procedure_reported=_procedure(sources),
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    return _document(volume, [seg], report, spec, identity, settings)
+    return _document(sources, [seg], report, spec, identity, settings)

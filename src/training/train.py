@@ -1,59 +1,23 @@
-"""Train and evaluate a model on generated phantoms (``ainode train`` / ``ainode evaluate``).
+"""Train a model's network on generated phantoms (``ainode train``).
 
-Cases go through the same preprocessing as inference does; evaluation runs the full inference path
-(model grid and back, post-processing) and scores on the source grid, where the SEG is drawn.
+Cases go through the same preprocessing as inference does (``worker.models.grid``), so the model sees in
+training exactly the kind of input it gets at run time.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from monai.losses import DiceFocalLoss
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from worker.metrics import dice
-from worker.modelspec import ModelSpec
-from worker.network import Segmenter, build_network
-from worker.phantom import PhantomCase, make_case
-from worker.postprocess import clean
-from worker.preprocess import image_from_array, labels_to_model_space, to_model_space
-
-EVALUATION_SEED_BASE = 1_000_000  # evaluation phantoms never overlap the training seeds
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-
-
-def case_images(seed: int, matrix: int) -> tuple[PhantomCase, sitk.Image, sitk.Image]:
-    case = make_case(seed, matrix=matrix)
-    grid = case.grid
-    image = image_from_array(case.hu, grid.spacing, grid.origin, grid.direction)
-    labels = image_from_array(case.labels, grid.spacing, grid.origin, grid.direction)
-    return case, image, labels
-
-
-def build_training_set(spec: ModelSpec, seeds: list[int], matrix: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    cases = []
-    with _progress() as progress:
-        task = progress.add_task("phantoms", total=len(seeds), info="")
-        for seed in seeds:
-            _, image, labels = case_images(seed, matrix)
-            x, grid = to_model_space(image, spec.preprocess)
-            y = labels_to_model_space(labels, grid)
-            cases.append((x, y))
-            progress.update(task, advance=1, info=f"{x.shape}")
-    return cases
+from training.cases import build_training_set, progress
+from worker.models.spec import ModelSpec
+from worker.models.unet import build_network
 
 
 def _crop(x: np.ndarray, y: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator,
@@ -100,8 +64,8 @@ def train(spec: ModelSpec, out: Path, cases: int = 40, steps: int = 800, batch: 
     start = time.monotonic()
     running = 0.0
     network.train()
-    with _progress() as progress:
-        task = progress.add_task("training", total=steps, info="")
+    with progress() as bar:
+        task = bar.add_task("training", total=steps, info="")
         for step in range(steps):
             xs, ys = [], []
             for b in range(batch):
@@ -119,28 +83,10 @@ def train(spec: ModelSpec, out: Path, cases: int = 40, steps: int = 800, batch: 
             schedule.step()
             value = loss.item()
             running = 0.95 * running + 0.05 * value if step else value
-            progress.update(task, advance=1, info=f"loss {running:.3f}")
+            bar.update(task, advance=1, info=f"loss {running:.3f}")
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().clone() for k, v in network.state_dict().items()}
     torch.save(state, out)
     report = TrainingReport(steps, time.monotonic() - start, running)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {steps} steps in {report.seconds:.0f} s")
     return report
-
-
-def evaluate(spec: ModelSpec, cases: int = 5, seed: int = 0, device: str = "auto",
-             matrix: int = 256) -> dict[str, list[float]]:
-    """Per-label Dice of the full inference path on fresh phantoms, scored on the source grid."""
-    segmenter = Segmenter(spec, device=device)
-    scores: dict[str, list[float]] = {label.name: [] for label in spec.labels}
-    with _progress() as progress:
-        task = progress.add_task("evaluating", total=cases, info="")
-        for n in range(cases):
-            case, image, _ = case_images(EVALUATION_SEED_BASE + seed * 1000 + n, matrix)
-            labels = segmenter.segment(image)
-            voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
-            labels = clean(labels, spec.labels, voxel_ml)
-            for label in spec.labels:
-                scores[label.name].append(dice(labels == label.value, case.labels == label.value))
-            progress.update(task, advance=1, info=json.dumps({k: round(v[-1], 3) for k, v in scores.items()}))
-    return scores

@@ -18,11 +18,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
-from worker.identity import stable_uid
+from worker.results.identity import stable_uid
 
 LABEL_LUNG = 1
 LABEL_LESION = 2
-
 
 
 @dataclass(frozen=True)
@@ -259,6 +258,11 @@ class StudyIdentity:
         )
 
 
+def slice_uid(identity: StudyIdentity, k: int) -> str:
+    """SOP Instance UID of slice ``k`` of a phantom series (callers need not read the files back)."""
+    return stable_uid(identity.series_instance_uid, str(k))
+
+
 def write_series(
     hu: np.ndarray, grid: Grid, identity: StudyIdentity, out_dir: Path, patient_position: str = "HFS"
 ) -> list[Path]:
@@ -270,7 +274,7 @@ def write_series(
     iop = [float(v) for v in np.concatenate([grid.direction[:, 0], grid.direction[:, 1]])]
     paths = []
     for k in range(grid.size[2]):
-        sop_uid = stable_uid(identity.series_instance_uid, str(k))
+        sop_uid = slice_uid(identity, k)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = UID(sop_uid)

@@ -1,0 +1,46 @@
+"""The states a series, a job and a delivery go through: one vocabulary for the queue, the outbox, the
+command line and the status page. Stored as their string values, so SQL reads them as words."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SeriesState(StrEnum):
+    RECEIVING = "receiving"  # instances may still arrive
+    QUEUED = "queued"  # settled: its job exists
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    @property
+    def final(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED)
+
+
+FINAL_JOB_STATES = tuple(state for state in JobState if state.final)
+
+
+class DeliveryState(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+
+
+class JobEventKind(StrEnum):
+    """What a ``job_events`` row records."""
+
+    QUEUED = "queued"
+    CLAIMED = "claimed"
+    STAGE = "stage"  # one stage of an attempt, with its seconds
+    RETRY = "retry"
+    LEASE_EXPIRED = "lease-expired"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    REQUEUED = "requeued"

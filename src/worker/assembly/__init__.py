@@ -1,0 +1,1 @@
+"""Stored instances → one volume with checked geometry: header values, frame geometry, pixels."""

@@ -1,0 +1,91 @@
+"""Series → volume: which stored instances make the image volume, and assembling it.
+
+Instances that are not part of a volume (other objects, localizers, colour images, mosaics, slices off
+the main stack) are left out with a reason the job records; the rest go to ``geometry`` for their place
+and to ``pixels`` for their values.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from db.errors import RejectedInput, TransientFailure
+from db.sop_classes import VOLUME_IMAGE_STORAGE
+from worker.assembly import header
+from worker.assembly.geometry import frames_of, main_stack, sort_frames
+from worker.assembly.pixels import read_pixels
+from worker.assembly.volume import Frame, Volume
+
+
+def _why_not_a_slice(ds: Dataset) -> str | None:
+    """Why an instance is not part of an image volume, or None when it may be."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = UID(header.string(ds, "SOPClassUID")
+                    or (str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else "") or "unknown")
+    if sop_class not in VOLUME_IMAGE_STORAGE:
+        return f"a {sop_class.name or sop_class} object, not a CT, MR or PET image"
+    image_type = [v.upper() for v in header.strings(ds, "ImageType")]
+    if "LOCALIZER" in image_type:
+        return "a localizer (ImageType LOCALIZER)"
+    if "MOSAIC" in image_type:
+        return "a Siemens mosaic (several slices tiled in one image, ImageType MOSAIC), which ainode does not split"
+    if header.unsigned(ds, "SamplesPerPixel", 1) != 1:
+        return f"a colour image ({ds.get('PhotometricInterpretation', 'SamplesPerPixel 3')})"
+    return None
+
+
+def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
+    found: list[tuple[Path, Dataset]] = []
+    for path in paths:
+        try:
+            found.append((path, dcmread(path, defer_size=4096)))  # pixels are read when decoded
+        except OSError as exc:
+            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
+        except MemoryError as exc:
+            raise TransientFailure(f"out of memory reading stored file {path.name}") from exc
+        except Exception as exc:
+            raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
+    return found
+
+
+def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
+    """The frames that make up the series' image volume, and a reason for every instance left out."""
+    frames: list[Frame] = []
+    ignored: list[str] = []
+    for path, ds in _read_headers(paths):
+        reason = _why_not_a_slice(ds)
+        if reason:
+            ignored.append(f"{header.string(ds, 'SOPInstanceUID') or path.name}: {reason}")
+            continue
+        frames.extend(frames_of(ds, path))
+    if not frames:
+        raise RejectedInput("no image volume in the series: " + "; ".join(ignored[:3])
+                            + (f" (and {len(ignored) - 3} more)" if len(ignored) > 3 else ""))
+    frames, off_axis = main_stack(frames)
+    return frames, ignored + off_axis
+
+
+def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Volume:
+    """Read the stored files of one series into a volume with checked geometry.
+
+    ``max_missing`` > 0 fills gaps of up to that many missing slices by linear interpolation (the SEG
+    then covers only the acquired slices); by default a missing slice refuses the series.
+    """
+    if not paths:
+        raise RejectedInput("the series has no stored instances")
+    frames, ignored = select_frames(paths)
+    multiframe = [f for f in frames if f.number is not None]
+    if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
+        raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
+                            "multi-frame objects; assemble one object at a time")
+    stack = sort_frames(frames, min_slices, max_missing)
+    ordered = [frames[i] for i in stack.order]
+    image = read_pixels(ordered, stack.slots)
+    stack.place(image, ordered[0])
+    return Volume(image, tuple(ordered), tuple(ignored), tuple(stack.slots))
+
+

@@ -1,0 +1,2 @@
+"""What a job found and the DICOM objects that say so: findings, SEG, SR, their shared coded content and
+their identity (UIDs, series, equipment)."""

@@ -1,0 +1,72 @@
+"""Content the SEG and the SR share: coded concepts, algorithm and equipment identification, tracking
+UIDs, and the source headers both reference (as highdicom's ``content.py`` holds the parts of its objects)."""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
+
+from worker.assembly.geometry import share_orientation
+from worker.assembly.volume import Volume
+from worker.models.spec import Code, LabelSpec, ModelSpec
+from worker.results.identity import SOFTWARE_VERSION, OutputSettings, ResultIdentity, stable_uid
+
+PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipment")
+TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                           "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_PIXEL_DATA = Tag("PixelData")
+
+
+def coded(code: Code) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+
+
+def algorithm(spec: ModelSpec) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(name=spec.name, family=codes.cid7162.ArtificialIntelligence,
+                                              version=spec.version)
+
+
+def software_versions(spec: ModelSpec) -> list[str]:
+    return [f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"]
+
+
+def contributing_equipment(spec: ModelSpec, identity: ResultIdentity,
+                           settings: OutputSettings) -> hd.ContributingEquipment:
+    """IHE AI Results: who processed the images. Its serial number is the device UID (also the SR's
+    observer device), which changes whenever the model's weights do."""
+    return hd.ContributingEquipment(
+        manufacturer=settings.manufacturer,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=spec.name[:64],
+        software_versions=software_versions(spec),
+        device_serial_number=identity.device_uid,
+        station_name=settings.device_serial_number[:16],
+        contribution_description=f"segmentation by {spec.name} {spec.version}"[:64],
+    )
+
+
+def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
+    """The UID that follows one segment from the SEG into the SR's measurement group."""
+    return stable_uid(identity.seg_sop_instance_uid, "segment", label.name)
+
+
+def source_headers(volume: Volume) -> list[Dataset]:
+    """Copies of the source headers as highdicom needs them, the volume's own left untouched: without
+    Pixel Data, with the Type 2 patient and study attributes present (real scanners omit some), and one
+    ImageOrientationPatient value for single-frame series whose orientations differ only in the last
+    digits (geometry already checked them within 1e-4)."""
+    out = []
+    for ds in volume.datasets:
+        copy = Dataset(dict(ds.items()))  # a new element map: what is replaced here stays in the copy
+        copy.file_meta = ds.file_meta
+        if _PIXEL_DATA in copy:
+            del copy[_PIXEL_DATA]
+        for keyword in TYPE2_SOURCE_ATTRIBUTES:
+            if keyword not in copy:
+                setattr(copy, keyword, "")
+        out.append(copy)
+    if not volume.multiframe:
+        share_orientation(out)
+    return out

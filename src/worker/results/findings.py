@@ -1,0 +1,49 @@
+"""What a job found: each label present in the cleaned mask, measured once for the SEG and the SR."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from worker.assembly.volume import Volume
+from worker.models.spec import LabelSpec, ModelSpec
+
+
+@dataclass(frozen=True)
+class LabelFinding:
+    """A label found in the mask: its segment number in the SEG (1..n in the model's label order), its
+    size, and the mean and standard deviation of the image values inside it (HU for CT)."""
+
+    label: LabelSpec
+    segment_number: int
+    voxels: int
+    volume_ml: float
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class Findings:
+    labels: np.ndarray  # the cleaned mask (z, y, x) on the source grid
+    present: tuple[LabelFinding, ...]
+
+    @property
+    def summary(self) -> str:
+        return ", ".join(f"{f.label.name} {f.volume_ml:.1f} mL" for f in self.present) or "nothing found"
+
+
+def find(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> Findings:
+    """Measure every label of ``spec`` in ``labels``: one comparison and one pass over the image each."""
+    values = sitk.GetArrayViewFromImage(volume.image)
+    present: list[LabelFinding] = []
+    for label in spec.labels:
+        mask = labels == label.value
+        voxels = int(np.count_nonzero(mask))
+        if not voxels:
+            continue
+        inside = values[mask]
+        present.append(LabelFinding(label, len(present) + 1, voxels, voxels * volume.voxel_ml,
+                                    float(inside.mean()), float(inside.std())))
+    return Findings(labels, tuple(present))

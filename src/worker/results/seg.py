@@ -1,0 +1,67 @@
+"""The DICOM Segmentation: BINARY, one segment per label found, on the exact source grid."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from worker.assembly.volume import Volume
+from worker.models.spec import ModelSpec
+from worker.results.content import algorithm, coded, contributing_equipment, software_versions, tracking_uid
+from worker.results.findings import Findings, LabelFinding
+from worker.results.identity import OutputSettings, ResultIdentity
+
+
+def describe(spec: ModelSpec, finding: LabelFinding, identity: ResultIdentity) -> hd.seg.SegmentDescription:
+    label = finding.label
+    return hd.seg.SegmentDescription(
+        segment_number=finding.segment_number,
+        segment_label=label.name,
+        segmented_property_category=coded(label.category),
+        segmented_property_type=coded(label.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm(spec),
+        tracking_uid=tracking_uid(identity, label),
+        tracking_id=label.name,
+        anatomic_regions=[coded(label.anatomic_region)] if label.anatomic_region else None,
+        display_color=hd.color.CIELabColor.from_rgb(*label.color),
+    )
+
+
+def numbered(findings: Findings) -> np.ndarray:
+    """The mask with segment numbers 1..n in place of the label values (usually they are the same), and
+    0 for any value the model's labels do not describe."""
+    labels = findings.labels
+    if all(f.label.value == f.segment_number for f in findings.present) \
+            and int(labels.max(initial=0)) <= len(findings.present):
+        return labels
+    out = np.zeros_like(labels)
+    for finding in findings.present:
+        out[labels == finding.label.value] = finding.segment_number
+    return out
+
+
+def build_segmentation(volume: Volume, sources: list[Dataset], findings: Findings, spec: ModelSpec,
+                       identity: ResultIdentity, settings: OutputSettings) -> hd.seg.Segmentation:
+    """A BINARY SEG whose segments are the labels found, numbered 1..n in the model's label order.
+    ``sources`` are the source headers as ``content.source_headers`` prepares them."""
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=volume.in_source_order(numbered(findings)),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[describe(spec, finding, identity) for finding in findings.present],
+        series_instance_uid=identity.seg_series_instance_uid,
+        series_number=settings.seg_series_number,
+        sop_instance_uid=identity.seg_sop_instance_uid,
+        instance_number=1,
+        manufacturer=settings.manufacturer,
+        manufacturer_model_name=spec.name[:64],
+        software_versions=software_versions(spec),  # type: ignore[arg-type]
+        device_serial_number=settings.device_serial_number,
+        content_label="AINODE",
+        content_description=f"{spec.name} {spec.version}"[:64],
+        content_creator_name="ainode^",
+        series_description=settings.seg_series_description[:64],
+        contributing_equipment=[contributing_equipment(spec, identity, settings)],
+    )
