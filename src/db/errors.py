@@ -4,6 +4,9 @@ They live in ``db`` because it is the one package every stage shares: a reason r
 up on a job or a delivery row.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class AinodeError(Exception):
     """Base of every error ainode raises on purpose."""
@@ -23,3 +26,20 @@ class TransientFailure(AinodeError):
 
 class PeerFailure(AinodeError):
     """A DICOM peer refused or did not answer: retry the delivery later."""
+
+
+@contextmanager
+def reading_input(transient: str, rejected: str) -> Iterator[None]:
+    """Classify what goes wrong while reading an input: the disk (``OSError``) or memory failing is
+    ``TransientFailure`` (worth another attempt), anything the input itself causes is ``RejectedInput``.
+    Each message names the input; the exception's own text follows it."""
+    try:
+        yield
+    except AinodeError:
+        raise
+    except OSError as exc:
+        raise TransientFailure(f"{transient}: {exc.strerror or exc}") from exc
+    except MemoryError as exc:
+        raise TransientFailure(f"{transient}: out of memory") from exc
+    except Exception as exc:
+        raise RejectedInput(f"{rejected}: {exc}") from exc

@@ -15,7 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from db.errors import RejectedInput, TransientFailure
+from db.errors import reading_input
 from worker.assembly import header
 from worker.assembly.volume import Frame
 
@@ -76,14 +76,9 @@ def _output_type(frames: list[Frame]) -> type:
 def _fill(out: np.ndarray, instance: list[tuple[Frame, int]]) -> None:
     """Decode one instance and write each of its frames, rescaled, into its slot of ``out``."""
     frame = instance[0][0]
-    try:
+    with reading_input(f"stored file {frame.path} cannot be read",
+                       f"the pixel data of instance {frame.name} cannot be decoded"):
         stored = _stored_values(frame.dataset, frame.path)
-    except OSError as exc:
-        raise TransientFailure(f"stored file {frame.path} cannot be read: {exc.strerror or exc}") from exc
-    except MemoryError as exc:
-        raise TransientFailure(f"out of memory decoding the pixel data of instance {frame.name}") from exc
-    except Exception as exc:
-        raise RejectedInput(f"the pixel data of instance {frame.name} cannot be decoded: {exc}") from exc
     for frame, slot in instance:
         values = stored[(frame.number or 1) - 1]
         if out.dtype == np.int16:

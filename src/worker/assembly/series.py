@@ -13,7 +13,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from db.errors import RejectedInput, TransientFailure
+from db.errors import RejectedInput, reading_input
 from db.sop_classes import VOLUME_IMAGE_STORAGE
 from worker.assembly import header
 from worker.assembly.geometry import frames_of, main_stack, sort_frames
@@ -41,14 +41,8 @@ def _why_not_a_slice(ds: Dataset) -> str | None:
 def _read_headers(paths: list[Path]) -> list[tuple[Path, Dataset]]:
     found: list[tuple[Path, Dataset]] = []
     for path in paths:
-        try:
+        with reading_input(f"stored file {path} cannot be opened", f"stored file {path.name} cannot be read as DICOM"):
             found.append((path, dcmread(path, defer_size=4096)))  # pixels are read when decoded
-        except OSError as exc:
-            raise TransientFailure(f"stored file {path} cannot be opened: {exc.strerror or exc}") from exc
-        except MemoryError as exc:
-            raise TransientFailure(f"out of memory reading stored file {path.name}") from exc
-        except Exception as exc:
-            raise RejectedInput(f"stored file {path.name} cannot be read as DICOM: {exc}") from exc
     return found
 
 
