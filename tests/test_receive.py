@@ -117,3 +117,34 @@ def test_objects_without_pixels_from_a_whole_study_are_stored_too(
     result = storescu(receiver.port, [sr])
     assert result.returncode == 0, result.stderr
     assert count(database, Instance) == 1
+
+
+def _incomplete_reason(db: Database) -> object:
+    with db.read() as session:
+        series = session.scalar(select(Series))
+        return series.incomplete_reason if series is not None and series.released_at is not None else False
+
+
+def test_an_aborted_association_marks_its_series_possibly_partial(
+        receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    from pynetdicom import AE
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="AINODE")
+    assert assoc.is_established
+    assert [assoc.send_c_store(p).Status for p in small_series.paths[:3]] == [0, 0, 0]
+    assoc.abort()
+    reason = wait_for(lambda: _incomplete_reason(database), 10, "the abort was not recorded on the series")
+    assert reason == "the association ended without a release (aborted or connection lost)"
+    assert storescu(receiver.port, small_series.paths).returncode == 0  # the sender's retry, released normally
+    wait_for(lambda: _incomplete_reason(database) is None, 10, "a complete retry did not clear the mark")
+
+
+def test_a_refused_instance_marks_its_series_possibly_partial(
+        tmp_path: Path, receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(small_series.paths[0].read_bytes()[:-20000])
+    assert send_files([small_series.paths[1], truncated], receiver.port, calling="STORESCU") == [0, 0xC210]
+    reason = wait_for(lambda: _incomplete_reason(database), 10, "the refusal was not recorded on the series")
+    assert str(reason).startswith("an instance was answered 0xC210: Pixel Data is truncated")

@@ -39,7 +39,7 @@ def store(db: Database, root: Path, paths: list[Path]) -> None:
         ingest.record_instance(db, ingest.ReceivedInstance(
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
             str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
-        ingest.release_series(db, [ds.SeriesInstanceUID], now=past)
+        ingest.release_series(db, {ds.SeriesInstanceUID: None}, now=past)
     queue.enqueue_settled(db, POLICY)
 
 

@@ -69,6 +69,7 @@ class DatabaseSection(_Section):
 
 class QueueSection(_Section):
     settle_seconds: float = Field(5.0, ge=0)
+    incomplete_settle_seconds: float = Field(600.0, ge=0)
     lease_seconds: float = Field(60.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     backoff_seconds: float = Field(10.0, ge=0)
@@ -109,6 +110,8 @@ class OutputSection(_Section):
     sr_series_number: int = Field(902, ge=1)
     seg_series_description: str = Field("ainode segmentation", max_length=64)
     sr_series_description: str = Field("ainode measurements", max_length=64)
+    rejection_series_number: int = Field(903, ge=1)
+    rejection_series_description: str = Field("ainode rejection note", max_length=64)
     when_nothing_found: Literal["report", "nothing"] = "report"
 
 
@@ -158,7 +161,9 @@ class Settings(BaseSettings):
 
     def queue_policy(self) -> QueuePolicy:
         q = self.queue
-        return QueuePolicy(q.settle_seconds, q.lease_seconds, q.max_attempts, q.backoff_seconds, q.backoff_max_seconds)
+        return QueuePolicy(settle_seconds=q.settle_seconds, incomplete_settle_seconds=q.incomplete_settle_seconds,
+                           lease_seconds=q.lease_seconds, max_attempts=q.max_attempts,
+                           backoff_seconds=q.backoff_seconds, backoff_max_seconds=q.backoff_max_seconds)
 
     def delivery_policy(self) -> DeliveryPolicy:
         d = self.delivery
@@ -169,9 +174,12 @@ class Settings(BaseSettings):
 
     def output_settings(self) -> OutputSettings:
         o = self.output
-        return OutputSettings(o.seg_series_number, o.sr_series_number, o.seg_series_description,
-                              o.sr_series_description, device_serial_number=self.node.ae_title,
-                              when_nothing_found=o.when_nothing_found)
+        return OutputSettings(seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
+                              seg_series_description=o.seg_series_description,
+                              sr_series_description=o.sr_series_description,
+                              rejection_series_number=o.rejection_series_number,
+                              rejection_series_description=o.rejection_series_description,
+                              device_serial_number=self.node.ae_title, when_nothing_found=o.when_nothing_found)
 
 
 def _describe(exc: ValidationError, source: str) -> str:

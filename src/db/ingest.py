@@ -6,7 +6,7 @@ Called by the C-STORE handler before it answers, so a success on the wire means 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -91,22 +91,29 @@ def _new_series(session: Session, item: ReceivedInstance, now: dt.datetime) -> i
     return int(series.id)
 
 
-def release_series(db: Database, series_instance_uids: Iterable[str], now: dt.datetime | None = None) -> None:
-    """The association that sent these series has ended: their settle time starts now."""
-    uids = sorted(set(series_instance_uids))
-    if not uids:
+def release_series(db: Database, outcomes: Mapping[str, str | None], now: dt.datetime | None = None) -> None:
+    """The association that sent these series has ended: their settle time starts now. ``outcomes`` maps
+    each series to why this transfer may have left it partial (aborted, a failure status), or None when
+    the association ended with a normal release and every instance was stored."""
+    if not outcomes:
         return
+    by_reason: dict[str | None, list[str]] = {}
+    for uid, reason in sorted(outcomes.items()):
+        by_reason.setdefault(reason, []).append(uid)
     with db.transaction() as session:
-        session.execute(update(Series).where(Series.series_instance_uid.in_(uids)).values(released_at=now or utcnow()))
+        for reason, uids in by_reason.items():
+            session.execute(update(Series).where(Series.series_instance_uid.in_(uids))
+                            .values(released_at=now or utcnow(), incomplete_reason=reason))
 
 
 def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:
-    """At start-up no association is open: series left receiving by a stopped node start settling now."""
+    """At start-up no association is open: series left receiving by a stopped node start settling now, as
+    possibly partial (the node may have stopped in the middle of a transfer)."""
     with db.transaction() as session:
         result = session.execute(
             update(Series)
             .where(Series.state == SeriesState.RECEIVING,
                    or_(Series.released_at.is_(None), Series.released_at < Series.last_received_at))
-            .values(released_at=now or utcnow())
+            .values(released_at=now or utcnow(), incomplete_reason="the node stopped while receiving this series")
         )
         return int(cast(CursorResult[Any], result).rowcount or 0)

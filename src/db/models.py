@@ -39,7 +39,11 @@ class Study(Base):
 
 
 class Series(Base):
-    """A received series. ``state`` is ``receiving`` until it settles, then ``queued`` (a job exists)."""
+    """A received series. ``state`` is ``receiving`` until it settles, then ``queued`` (a job exists).
+
+    ``incomplete_reason`` says why the last transfer may have left the series partial (an aborted or lost
+    association, a failure status, a node restart): such a series waits longer for the sender's retry.
+    """
 
     __tablename__ = "series"
 
@@ -54,6 +58,7 @@ class Series(Base):
     first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    incomplete_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
@@ -83,6 +88,9 @@ class Job(Base):
 
     States: ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to ``queued`` with a later
     ``not_before`` until ``max_attempts``, then ``failed``; input that can never work ends ``rejected``.
+    A job made because its series grew ``supersedes`` the series' previous job: its results replace that
+    job's, which are retracted where they were delivered (or never sent, if still pending); a previous job
+    that had not started yet ends ``superseded``.
     """
 
     __tablename__ = "jobs"
@@ -101,8 +109,10 @@ class Job(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    supersedes_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"), nullable=True, index=True)
 
     series: Mapped[Series] = relationship()
+    supersedes: Mapped["Job | None"] = relationship(remote_side=[id])
     events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.id")
     results: Mapped[list["Result"]] = relationship(back_populates="job", order_by="Result.id")
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from db.backoff import exponential
 from db.engine import Database
@@ -36,6 +38,18 @@ class DeliveryTask:
     sop_class_uid: str
     sop_instance_uid: str
     attempt: int
+
+
+def withdraw_pending(session: Session, result_ids: list[int]) -> int:
+    """Within the caller's transaction: deliveries of these results not sent yet will never be sent (their
+    results were superseded). Returns how many were withdrawn."""
+    if not result_ids:
+        return 0
+    result = session.execute(
+        update(Delivery).where(Delivery.result_id.in_(result_ids), Delivery.state == DeliveryState.PENDING)
+        .values(state=DeliveryState.WITHDRAWN, error="superseded by a newer result before it was sent")
+    )
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def claim(db: Database, sender: str, policy: DeliveryPolicy) -> DeliveryTask | None:

@@ -15,6 +15,7 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from db import outbox
 from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
@@ -25,6 +26,7 @@ from db.states import JobEventKind as Event
 @dataclass(frozen=True)
 class QueuePolicy:
     settle_seconds: float = 5.0
+    incomplete_settle_seconds: float = 600.0  # after an abort, a lost connection or a failure status
     lease_seconds: float = 60.0
     max_attempts: int = 3
     backoff_seconds: float = 10.0
@@ -44,6 +46,7 @@ class ClaimedJob:
     study_instance_uid: str
     modality: str
     instance_paths: tuple[str, ...]
+    superseded: tuple[ResultFile, ...] = ()  # results of the job this one replaces that reached a destination
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,10 @@ class ResultFile:
     path: str
 
 
+REJECTION_NOTE = "KO"  # the kind of result that retracts a superseded job's results
+_REACHED = (DeliveryState.DELIVERED, DeliveryState.SENDING)  # a destination that has, or may have, the object
+
+
 def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, stage: str | None = None,
            seconds: float | None = None) -> JobEvent:
     return JobEvent(job=job, kind=kind, message=message, worker=worker, stage=stage, seconds=seconds,
@@ -62,9 +69,13 @@ def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, 
 
 
 def enqueue_settled(db: Database, policy: QueuePolicy, now: dt.datetime | None = None) -> list[int]:
-    """Create a job for every series whose association was released and that then stayed quiet."""
+    """Create a job for every series whose association was released and that then stayed quiet: for
+    ``settle_seconds``, or ``incomplete_settle_seconds`` when the transfer may have left it partial, so a
+    sender's retry comes before any result. A series that grew after its results were made gets a job that
+    supersedes the previous one."""
     now = now or utcnow()
-    limit = now - dt.timedelta(seconds=policy.settle_seconds)
+    complete = now - dt.timedelta(seconds=policy.settle_seconds)
+    incomplete = now - dt.timedelta(seconds=policy.incomplete_settle_seconds)
     created = []
     with db.transaction() as session:
         settled = session.scalars(
@@ -72,18 +83,33 @@ def enqueue_settled(db: Database, policy: QueuePolicy, now: dt.datetime | None =
                 Series.state == SeriesState.RECEIVING,
                 Series.released_at.is_not(None),
                 Series.released_at >= Series.last_received_at,
-                Series.released_at <= limit,
+                or_(and_(Series.incomplete_reason.is_(None), Series.released_at <= complete),
+                    and_(Series.incomplete_reason.is_not(None), Series.released_at <= incomplete)),
             ).with_for_update(skip_locked=True)
         ).all()
         for series in settled:
             series.state = SeriesState.QUEUED
             job = Job(series=series, state=JobState.QUEUED, max_attempts=policy.max_attempts, not_before=now,
-                      created_at=now)
+                      created_at=now, supersedes=_replace_earlier_jobs(session, series, now))
             session.add(job)
             session.flush()
-            session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"))
+            how = f"after an incomplete transfer ({series.incomplete_reason})" if series.incomplete_reason else ""
+            replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
+            session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
+                               + (f" {how}" if how else "") + replaces))
             created.append(job.id)
     return created
+
+
+def _replace_earlier_jobs(session: Session, series: Series, now: dt.datetime) -> Job | None:
+    """The series' jobs not yet started end ``superseded``; the latest one that made or is making results
+    is the one a new job supersedes."""
+    earlier = session.scalars(select(Job).where(Job.series_id == series.id).order_by(Job.id.desc())).all()
+    for job in earlier:
+        if job.state == JobState.QUEUED:
+            job.state, job.finished_at = JobState.SUPERSEDED, now
+            session.add(_event(job, Event.SUPERSEDED, "the series grew before this job ran; a new job replaces it"))
+    return next((job for job in earlier if job.state in (JobState.RUNNING, JobState.SUCCEEDED)), None)
 
 
 def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_version: str) -> ClaimedJob | None:
@@ -99,6 +125,8 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
             ).order_by(Job.id).limit(5).with_for_update(skip_locked=True)
         ).all()
         for job in candidates:
+            if job.supersedes is not None and job.supersedes.state == JobState.RUNNING:
+                continue  # wait for the results it replaces, so that it retracts them all
             if job.state == JobState.RUNNING:
                 reason = f"worker {job.lease_owner} stopped renewing its lease (attempt {job.attempts})"
                 session.add(_event(job, Event.LEASE_EXPIRED, reason, worker=job.lease_owner))
@@ -119,8 +147,16 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
                 select(Instance.path).where(Instance.series_id == series.id).order_by(Instance.id)
             ).all()
             return ClaimedJob(job.id, job.attempts, series.series_instance_uid, series.study.study_instance_uid,
-                              series.modality, tuple(paths))
+                              series.modality, tuple(paths), _reached_a_destination(session, job.supersedes))
     return None
+
+
+def _reached_a_destination(session: Session, job: Job | None) -> tuple[ResultFile, ...]:
+    """A job's SEG and SR that were delivered, or are being sent, somewhere: what a rejection note retracts."""
+    if job is None:
+        return ()
+    return tuple(ResultFile(r.kind, r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, r.path)
+                 for r in job.results if r.kind != REJECTION_NOTE and any(d.state in _REACHED for d in r.deliveries))
 
 
 def _owned(session: Session, job_id: int, worker: str) -> Job | None:
@@ -148,7 +184,10 @@ def record_stage(db: Database, job_id: int, worker: str, stage: str, seconds: fl
 
 
 def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], destinations: list[str]) -> bool:
-    """Mark the job succeeded, record its results and queue one delivery per result and destination."""
+    """Mark the job succeeded, record its results and queue one delivery per result and destination.
+
+    For a job that supersedes another, the other's results not sent yet are withdrawn, and the rejection
+    note goes to every destination that has (or is being sent) one of them."""
     now = utcnow()
     with db.transaction() as session:
         job = _owned(session, job_id, worker)
@@ -156,6 +195,11 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
             return False
         job.state, job.finished_at, job.error = JobState.SUCCEEDED, now, None
         job.lease_owner = job.lease_expires_at = None
+        holders: list[str] = []
+        if job.supersedes is not None:
+            earlier = job.supersedes.results
+            holders = sorted({d.destination for r in earlier for d in r.deliveries if d.state in _REACHED})
+            outbox.withdraw_pending(session, [r.id for r in earlier])
         for item in results:
             result = session.scalar(select(Result).where(Result.sop_instance_uid == item.sop_instance_uid))
             if result is None:
@@ -165,12 +209,14 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
                 session.add(result)
             else:
                 result.job, result.path = job, item.path
-            for destination in destinations:
+            for destination in holders if item.kind == REJECTION_NOTE else destinations:
                 session.add(Delivery(result=result, destination=destination, state=DeliveryState.PENDING,
                                      not_before=now, created_at=now))
         names = ", ".join(f"{r.kind} {r.sop_instance_uid}" for r in results) or "no objects"
-        session.add(_event(job, Event.SUCCEEDED, f"{names}; delivering to {', '.join(destinations) or 'nobody'}",
-                           worker=worker))
+        replaces = f"; supersedes job {job.supersedes_job_id} (retracted at {', '.join(holders) or 'no destination'})" \
+            if job.supersedes is not None else ""
+        session.add(_event(job, Event.SUCCEEDED, f"{names}; delivering to {', '.join(destinations) or 'nobody'}"
+                           + replaces, worker=worker))
         return True
 
 

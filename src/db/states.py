@@ -17,10 +17,11 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # replaced by a newer job of the same series before it ran
 
     @property
     def final(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED)
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.REJECTED, JobState.SUPERSEDED)
 
 
 FINAL_JOB_STATES = tuple(state for state in JobState if state.final)
@@ -30,6 +31,7 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
     DELIVERED = "delivered"
+    WITHDRAWN = "withdrawn"  # its result was superseded before it was sent: never sent
 
 
 class JobEventKind(StrEnum):
@@ -44,3 +46,4 @@ class JobEventKind(StrEnum):
     FAILED = "failed"
     REJECTED = "rejected"
     REQUEUED = "requeued"
+    SUPERSEDED = "superseded"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -114,24 +114,55 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> 
         raise BadDataset(f"Pixel Data is truncated: {len(pixel_data)} bytes, {expected} expected")
 
 
+@dataclass
+class Transfer:
+    """What one association has sent: each series it touched, with the first reason it may be partial."""
+
+    series: dict[str, str | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)  # failure statuses for instances of no known series
+    released: bool = False
+    current: str | None = None  # the series of the request being handled (one at a time per association)
+
+    def refused(self, status: str) -> None:
+        """An instance of the current request was answered with a failure ``status``."""
+        if self.current is None:
+            self.failures.append(status)
+        elif self.series[self.current] is None:
+            self.series[self.current] = f"an instance was answered {status}"
+
+    def outcomes(self) -> dict[str, str | None]:
+        """Per series, why this transfer may have left it partial, or None when nothing went wrong."""
+        if not self.released:
+            return {uid: "the association ended without a release (aborted or connection lost)"
+                    for uid in self.series}
+        orphan = f"an instance of unknown series was refused ({self.failures[0]})" if self.failures else None
+        return {uid: reason or orphan for uid, reason in self.series.items()}
+
+
 class Receiver:
-    """Holds the handlers' state: which series each open association has sent."""
+    """Holds the handlers' state: what each open association has sent, and how it went."""
 
     def __init__(self, config: ReceiverConfig, db: Database) -> None:
         self.config = config
         self.db = db
         self._lock = threading.Lock()
-        self._touched: dict[int, set[str]] = {}
+        self._transfers: dict[int, Transfer] = {}
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
 
     def handle_store(self, event: Event) -> int | Dataset:
+        self._transfer(event).current = None
         try:
-            return self._store(event)
+            status = self._store(event)
         except Exception as exc:  # the last line of defence: nothing reaches the network stack
             log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
-            return with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
+            status = with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
+        code = status if isinstance(status, int) else int(status.Status)
+        if code != SUCCESS:
+            comment = "" if isinstance(status, int) else f": {status.get('ErrorComment', '')}"
+            self._transfer(event).refused(f"0x{code:04X}{comment}")
+        return status
 
     def _store(self, event: Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
@@ -139,6 +170,9 @@ class Receiver:
         try:
             ds = event.dataset
             transfer_syntax = UID(event.context.transfer_syntax)
+            study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
+            series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            self._touch(event, series)  # from here on a refusal marks this series as possibly partial
             sop_instance_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
             sop_class_uid = check_uid(request.AffectedSOPClassUID, "AffectedSOPClassUID")
             if check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID") != sop_instance_uid:
@@ -147,8 +181,6 @@ class Receiver:
                 log.warning("%s: SOPClassUID %s differs from the request's %s", sop_instance_uid,
                             ds.SOPClassUID, sop_class_uid)
                 return with_comment(DATASET_DOES_NOT_MATCH, f"SOPClassUID {ds.SOPClassUID} != request")
-            study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-            series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
             _check_pixel_data(ds, transfer_syntax, sop_class_uid)
         except (InvalidUID, BadDataset) as exc:
             log.warning("refused an instance from %s: %s", calling, exc)
@@ -157,7 +189,6 @@ class Receiver:
             log.warning("cannot decode an instance from %s: %s", calling, exc)
             return with_comment(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
 
-        self._touch(event, series)
         try:
             if ingest.is_stored(self.db, sop_instance_uid):
                 log.info("%s already stored; not stored again", sop_instance_uid)
@@ -189,19 +220,32 @@ class Receiver:
             return with_comment(OUT_OF_RESOURCES, "database error")
         return SUCCESS
 
-    def _touch(self, event: Event, series_instance_uid: str) -> None:
+    def _transfer(self, event: Event) -> Transfer:
         with self._lock:
-            self._touched.setdefault(id(event.assoc), set()).add(series_instance_uid)
+            return self._transfers.setdefault(id(event.assoc), Transfer())
+
+    def _touch(self, event: Event, series_instance_uid: str) -> None:
+        transfer = self._transfer(event)
+        transfer.series.setdefault(series_instance_uid, None)
+        transfer.current = series_instance_uid
+
+
+    def handle_released(self, event: Event) -> None:
+        self._transfer(event).released = True
 
     def handle_close(self, event: Event) -> None:
         with self._lock:
-            touched = self._touched.pop(id(event.assoc), set())
-        if not touched:
+            transfer = self._transfers.pop(id(event.assoc), None)
+        if transfer is None or not transfer.series:
             return
+        outcomes = transfer.outcomes()
+        for uid, reason in outcomes.items():
+            if reason:
+                log.warning("series %s may be partial: %s; it waits for the sender's retry", uid, reason)
         try:
-            ingest.release_series(self.db, touched)
+            ingest.release_series(self.db, outcomes)
         except Exception:
-            log.exception("cannot record the end of an association for %s", sorted(touched))
+            log.exception("cannot record the end of an association for %s", sorted(outcomes))
 
 
 def make_ae(config: ReceiverConfig) -> AE:
@@ -222,6 +266,7 @@ def start(config: ReceiverConfig, db: Database) -> ThreadedAssociationServer:
     handlers = [
         (evt.EVT_C_ECHO, receiver.handle_echo),
         (evt.EVT_C_STORE, receiver.handle_store),
+        (evt.EVT_RELEASED, receiver.handle_released),
         (evt.EVT_CONN_CLOSE, receiver.handle_close),
     ]
     server = make_ae(config).start_server(

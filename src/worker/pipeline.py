@@ -8,18 +8,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from db.errors import RejectedInput
-from db.queue import ClaimedJob, ResultFile
+from db.queue import REJECTION_NOTE, ClaimedJob, ResultFile
 from db.storage import result_path, write_atomic
 from worker.assembly.series import assemble
 from worker.assembly.volume import Volume
 from worker.models.postprocess import clean
 from worker.models.runtime import Runtime, segment
 from worker.results.content import source_headers
-from worker.results.findings import find
-from worker.results.identity import OutputSettings, result_identity
+from worker.results.findings import Findings, find
+from worker.results.identity import OutputSettings, ResultIdentity, result_identity
+from worker.results.rejection import build_rejection_note
 from worker.results.seg import build_segmentation
 from worker.results.sr import build_nothing_found_report, build_report
 
@@ -89,16 +91,27 @@ class Pipeline:
             findings = find(volume, clean(labels, spec.labels, volume.voxel_ml), spec)
             note.append(findings.summary)
         identity = result_identity(spec, self.weights_digest, volume.sop_instance_uids)
-        if not findings.present and output.when_nothing_found != "report":
-            report("encode", 0.0, "nothing found: no output, as configured (output.when_nothing_found)")
-            return []
         with stage("encode") as note:
-            sources = source_headers(volume)
-            if not findings.present:
-                note.append("nothing found: an SR that says so, no SEG")
-                return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output))]
-            seg = build_segmentation(volume, sources, findings, spec, identity, output)
-            sr = build_report(sources, findings, seg, spec, identity, output)
-            note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
-                        f"{len(seg.SegmentSequence)} segments; SR {len(findings.present)} measurement groups")
-            return [self._save(job, "SEG", seg), self._save(job, "SR", sr)]
+            results = self._encode(job, volume, findings, identity, note)
+            if job.superseded:
+                rejected = [dcmread(self.config.storage_root / r.path, stop_before_pixels=True) for r in job.superseded]
+                ko = build_rejection_note(rejected, spec, identity, output)
+                results.append(self._save(job, REJECTION_NOTE, ko))
+                note.append(f"rejection note for the {len(rejected)} superseded object(s)")
+        return results
+
+    def _encode(self, job: ClaimedJob, volume: Volume, findings: Findings, identity: ResultIdentity,
+                note: list[str]) -> list[ResultFile]:
+        spec, output = self.spec, self.config.output
+        if not findings.present and output.when_nothing_found != "report":
+            note.append("nothing found: no output, as configured (output.when_nothing_found)")
+            return []
+        sources = source_headers(volume)
+        if not findings.present:
+            note.append("nothing found: an SR that says so, no SEG")
+            return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output))]
+        seg = build_segmentation(volume, sources, findings, spec, identity, output)
+        sr = build_report(sources, findings, seg, spec, identity, output)
+        note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
+                    f"{len(seg.SegmentSequence)} segments; SR {len(findings.present)} measurement groups")
+        return [self._save(job, "SEG", seg), self._save(job, "SR", sr)]

@@ -47,6 +47,16 @@ def contributing_equipment(spec: ModelSpec, identity: ResultIdentity,
     )
 
 
+def device_observer(spec: ModelSpec, identity: ResultIdentity, settings: OutputSettings) -> hd.sr.ObserverContext:
+    """The model as the observer of an SR or KO: the same device UID as in Contributing Equipment."""
+    return hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=identity.device_uid, name=spec.name[:64], manufacturer_name=settings.manufacturer,
+            model_name=spec.version[:64]),
+    )
+
+
 def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
     """The UID that follows one segment from the SEG into the SR's measurement group."""
     return stable_uid(identity.seg_sop_instance_uid, "segment", label.name)

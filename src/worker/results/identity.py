@@ -36,6 +36,8 @@ class OutputSettings:
     sr_series_number: int = 902
     seg_series_description: str = "ainode segmentation"
     sr_series_description: str = "ainode measurements"
+    rejection_series_number: int = 903
+    rejection_series_description: str = "ainode rejection note"
     manufacturer: str = "ainode"
     device_serial_number: str = "ainode-1"
     when_nothing_found: str = "report"  # "report": an SR that says so; "nothing": no output

@@ -7,7 +7,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from worker.models.spec import ModelSpec
-from worker.results.content import coded, contributing_equipment, tracking_uid
+from worker.results.content import coded, contributing_equipment, device_observer, tracking_uid
 from worker.results.findings import Findings
 from worker.results.identity import OutputSettings, ResultIdentity
 
@@ -27,13 +27,7 @@ FINDING_ABSENT = hd.sr.CodedConcept("373572006", "SCT", "Clinical finding absent
 
 def _observation_context(spec: ModelSpec, identity: ResultIdentity,
                          settings: OutputSettings) -> hd.sr.ObservationContext:
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=identity.device_uid, name=spec.name[:64], manufacturer_name=settings.manufacturer,
-            model_name=spec.version[:64]),
-    )
-    return hd.sr.ObservationContext(observer_device_context=observer)
+    return hd.sr.ObservationContext(observer_device_context=device_observer(spec, identity, settings))
 
 
 def _document(sources: list[Dataset], evidence: list[Dataset], content: hd.sr.MeasurementReport,
