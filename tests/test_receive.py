@@ -148,3 +148,25 @@ def test_a_refused_instance_marks_its_series_possibly_partial(
     assert send_files([small_series.paths[1], truncated], receiver.port, calling="STORESCU") == [0, 0xC210]
     reason = wait_for(lambda: _incomplete_reason(database), 10, "the refusal was not recorded on the series")
     assert str(reason).startswith("an instance was answered 0xC210: Pixel Data is truncated")
+
+
+def test_an_undecodable_element_is_refused_by_name_and_nothing_is_written(
+        tmp_path: Path, receiver: ReceiverConfig, database: Database, small_series: PhantomSeries) -> None:
+    """A VR of 'IC' on PatientName: pydicom raises only when the value is read; the node reads everything it
+    records before writing, so the answer is 0xC210 naming the element and no file stays behind."""
+    raw = small_series.paths[3].read_bytes()
+    tag = b"\x10\x00\x10\x00PN"  # (0010,0010) PatientName, explicit VR little endian
+    assert raw.count(tag) == 1
+    broken = tmp_path / "ic.dcm"
+    broken.write_bytes(raw.replace(tag, b"\x10\x00\x10\x00IC"))
+    from pynetdicom import AE
+
+    ae = AE(ae_title="STORESCU")
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", receiver.port, ae_title="AINODE")
+    assert assoc.is_established
+    status = assoc.send_c_store(broken)
+    assoc.release()
+    assert status.Status == 0xC210 and "PatientName" in str(status.ErrorComment), status
+    assert count(database, Instance) == 0
+    assert not [p for p in receiver.storage_root.rglob("*") if p.is_file()], "nothing written"

@@ -35,3 +35,25 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="No space left"):
         write_atomic(tmp_path / "x/y.dcm", _FullDisk())
     assert list((tmp_path / "x").iterdir()) == []
+
+
+def test_start_up_removes_interrupted_writes_and_unrecorded_files_only(tmp_path: Path, database) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from db import ingest
+
+    kept = instance_path("1.2", "1.2.3", "1.2.3.1")
+    write_atomic(tmp_path / kept, b"recorded")
+    ingest.record_instance(database, ingest.ReceivedInstance("1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2",
+                                                             "1.2.840.10008.1.2.1", "CT", str(kept), 8, "STORESCU"))
+    unrecorded = instance_path("1.2", "1.2.3", "1.2.3.2")
+    write_atomic(tmp_path / unrecorded, b"never acknowledged")
+    partial = unrecorded.parent / ".incoming-abc123.part"
+    (tmp_path / partial).write_bytes(b"half")
+    young = instance_path("1.2", "1.2.3", "1.2.3.3")
+    write_atomic(tmp_path / young, b"another node may be writing this")
+    for path in (kept, unrecorded, partial):
+        os.utime(tmp_path / path, (1_000_000_000, 1_000_000_000))
+    left = ingest.reconcile_storage(database, tmp_path)
+    assert (left.partial_files, left.unrecorded_files) == ([str(partial)], [str(unrecorded)])
+    assert sorted(p.name for p in (tmp_path / kept).parent.iterdir()) == ["1.2.3.1.dcm", "1.2.3.3.dcm"]

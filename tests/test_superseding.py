@@ -8,7 +8,7 @@ import datetime as dt
 
 from sqlalchemy import select
 
-from db import ingest, outbox, queue
+from db import ingest, monitor, outbox, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, Series, utcnow
 from test_queue import POLICY, receive
@@ -87,6 +87,9 @@ def test_a_series_that_grows_supersedes_its_job_and_retracts_where_it_was_delive
         ("KO", second, "pacs"): "pending",  # only where the superseded results are
     }
     assert f"supersedes job {first} (retracted at pacs)" in events(database, second)[-1][1]
+    rows = {row.id: row for row in monitor.jobs(database)}
+    assert (rows[first].delivered, rows[second].delivered) == ("2/2", "0/3 waiting"), "withdrawn ones do not count"
+    assert rows[second].supersedes == first
 
 
 def test_a_queued_job_of_a_series_that_grows_again_is_superseded_before_it_runs(database: Database) -> None:

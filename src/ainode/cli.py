@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,10 +71,30 @@ def _opened(config: Optional[Path]) -> Iterator[tuple[Settings, Database]]:
     settings = _settings(config)
     db = _database(settings)
     try:
-        db.migrate()
+        _migrate(db)
         yield settings, db
     finally:
         db.dispose()
+
+
+def _migrate(db: Database, patience_seconds: float = 300.0) -> None:
+    """Bring the schema up to date, waiting (with backoff) while another process holds the database locked
+    or it is briefly unreachable, rather than dying at start-up."""
+    from sqlalchemy.exc import OperationalError
+
+    from db.backoff import exponential
+
+    deadline = time.monotonic() + patience_seconds
+    for attempt in itertools.count(1):
+        try:
+            db.migrate()
+            return
+        except OperationalError as exc:
+            if time.monotonic() > deadline:
+                _fail(f"the database cannot be opened: {str(exc).splitlines()[0]}")
+            wait = exponential(0.5, 10.0, attempt).total_seconds()
+            log.warning("the database cannot be opened (%s); trying again in %.1f s", str(exc).splitlines()[0], wait)
+            time.sleep(wait)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -99,6 +120,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
 
 def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
+    from ainode.supervise import WorkerPool
     from pacs_node.dispatch import Dispatcher
     from pacs_node.node import Node
 
@@ -113,27 +135,17 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     except OSError as exc:
         _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
     page = _status_page(settings, db, settings.status.port) if settings.status.port else None
-    workers: list[subprocess.Popen[bytes]] = [subprocess.Popen(_worker_command(config))
-                                              for _ in range(settings.worker.count)]
+    workers = WorkerPool(_worker_command(config), settings.worker.count)
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
-             settings.node.port, len(workers))
+             settings.node.port, settings.worker.count)
     try:
         while not stop.wait(1.0):
-            for n, proc in enumerate(workers):
-                if proc.poll() is not None:
-                    log.warning("worker %d exited with %s; starting another", proc.pid, proc.returncode)
-                    workers[n] = subprocess.Popen(_worker_command(config))
+            workers.restart_exited()
     finally:
-        for proc in workers:
-            proc.terminate()
         if page is not None:
             page.stop()
         node.stop()
-        for proc in workers:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        workers.stop()
         log.info("ainode stopped")
 
 
@@ -167,7 +179,10 @@ def status(config: ConfigOption = None,
 
 
 @app.command()
-def worker(config: ConfigOption = None, verbose: bool = False) -> None:
+def worker(config: ConfigOption = None, verbose: bool = False,
+           supervisor: Annotated[Optional[int], typer.Option(hidden=True, help="pid of the ainode serve that "
+                                                             "started this worker: stop when it is gone")] = None,
+           ) -> None:
     """Run one worker: claims jobs from the database and processes them (run several on several machines)."""
     from worker.models.spec import load_spec
     from worker.models.unet import UNetRuntime
@@ -184,6 +199,10 @@ def worker(config: ConfigOption = None, verbose: bool = False) -> None:
                                                     settings.worker.interpolate_missing_slices))
         stop = threading.Event()
         _stop_on_signals(stop)
+        if supervisor is not None:
+            from ainode.supervise import watch_parent
+
+            watch_parent(supervisor, stop)
         Worker(db, settings.queue_policy(), pipeline,
                RunnerConfig(tuple(settings.delivery.result_destinations), settings.worker.poll_seconds)).run(stop)
 

@@ -35,7 +35,7 @@ table { border-collapse: collapse; margin-bottom: 1.5em; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 .succeeded { color: #17803d; } .failed { color: #c0262d; } .rejected { color: #a3269b; }
-.running { color: #1d6fb8; } .queued { color: #9a6a00; }
+.running { color: #1d6fb8; } .queued { color: #9a6a00; } .superseded { color: #777; }
 """
 
 
@@ -61,14 +61,19 @@ def _table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
     return f"<table>{head}{body}</table>"
 
 
+def _supersedes(row: monitor.JobRow) -> str:
+    return f'supersedes <a href="/jobs/{row.supersedes}">job {row.supersedes}</a>; ' if row.supersedes else ""
+
+
 def jobs_page(rows: list[monitor.JobRow], state: str | None) -> bytes:
     filters = " ".join(f'<a href="/?state={s}">{s}</a>' for s in STATES)
     table = _table(
-        ("job", "state", "patient", "series", "modality", "instances", "model", "tries", "created", "stages", "reason"),
+        ("job", "state", "patient", "series", "modality", "instances", "model", "tries", "created", "stages",
+         "delivered", "reason"),
         [[f'<a href="/jobs/{row.id}">{row.id}</a>', f'<span class="{row.state}">{row.state}</span>',
           _cell(row.patient_id), _cell(row.series_instance_uid), _cell(row.modality), str(row.instances),
           _cell(row.model or "-"), f"{row.attempts}/{row.max_attempts}", _cell(row.created_at.strftime("%F %T")),
-          _cell(row.stages), _cell(row.error or "")] for row in rows])
+          _cell(row.stages), _cell(row.delivered), _supersedes(row) + _cell(row.error or "")] for row in rows])
     shown = f"{len(rows)} most recent jobs" + (f" in state {html.escape(state)}" if state else "") + " (times in UTC)"
     return _page("ainode jobs", f'<p>{shown}; show <a href="/">all</a> {filters}</p>{table}', refresh=True)
 
@@ -80,6 +85,7 @@ def job_page(detail: monitor.JobDetail) -> bytes:
         ["study", _cell(row.study_instance_uid)],
         ["series", _cell(f"{row.series_instance_uid} ({row.modality}, {row.instances} instances)")],
         ["model", _cell(row.model or "-")], ["attempts", f"{row.attempts} of {row.max_attempts}"],
+        ["supersedes", _supersedes(row).removesuffix("; ") or "-"], ["delivered", _cell(row.delivered)],
         ["created", _cell(row.created_at)], ["finished", _cell(row.finished_at or "-")],
         ["lease", _cell(f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-")],
         ["reason", _cell(row.error or "-")]])

@@ -10,18 +10,20 @@ from db.monitor import JobDetail, JobRow
 from db.states import JobState
 
 STATE_STYLE: dict[str, str] = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.REJECTED: "magenta",
-               JobState.RUNNING: "cyan", JobState.QUEUED: "yellow"}
+                               JobState.RUNNING: "cyan", JobState.QUEUED: "yellow", JobState.SUPERSEDED: "dim"}
 
 
 def jobs_table(rows: list[JobRow]) -> Table:
     table = Table(title="ainode jobs", expand=False)
-    for column in ("id", "state", "patient", "series", "mod", "inst", "model", "tries", "stages", "reason"):
+    for column in ("id", "state", "patient", "series", "mod", "inst", "model", "tries", "stages", "delivered",
+                   "reason"):
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(
             str(row.id), Text(row.state, style=STATE_STYLE.get(row.state, "")), row.patient_id,
             "…" + row.series_instance_uid[-12:], row.modality, str(row.instances), row.model or "-",
-            f"{row.attempts}/{row.max_attempts}", row.stages, row.error or "",
+            f"{row.attempts}/{row.max_attempts}", row.stages, row.delivered,
+            (f"supersedes job {row.supersedes}; " if row.supersedes else "") + (row.error or ""),
         )
     return table
 
@@ -36,7 +38,8 @@ def job_view(detail: JobDetail) -> Group:
         ("model", row.model or "-"), ("attempts", f"{row.attempts} of {row.max_attempts}"),
         ("created", str(row.created_at)), ("finished", str(row.finished_at or "-")),
         ("lease", f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-"),
-        ("stages", row.stages or "-"), ("error", row.error or "-"),
+        ("supersedes", f"job {row.supersedes}" if row.supersedes else "-"),
+        ("stages", row.stages or "-"), ("delivered", row.delivered), ("error", row.error or "-"),
     ):
         head.add_row(Text(key, style="bold"), value)
     events = Table(title="events")

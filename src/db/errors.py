@@ -43,3 +43,11 @@ def reading_input(transient: str, rejected: str) -> Iterator[None]:
         raise TransientFailure(f"{transient}: out of memory") from exc
     except Exception as exc:
         raise RejectedInput(f"{rejected}: {exc}") from exc
+
+
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """An exception as the one readable line a job or delivery row keeps (the traceback goes to the log):
+    its type unless it is one of ours, its first line, at most ``limit`` characters."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    line = text if isinstance(exc, AinodeError) else f"{type(exc).__name__}: {text}"
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -6,8 +6,10 @@ Called by the C-STORE handler before it answers, so a success on the wire means 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, insert, or_, select, update
@@ -17,6 +19,7 @@ from sqlalchemy.orm import Session
 from db.engine import Database
 from db.models import Instance, Series, Study, utcnow
 from db.states import SeriesState
+from db.storage import PARTIAL_PREFIX, PARTIAL_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -117,3 +120,36 @@ def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:
             .values(released_at=now or utcnow(), incomplete_reason="the node stopped while receiving this series")
         )
         return int(cast(CursorResult[Any], result).rowcount or 0)
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    partial_files: list[str]  # temporary files of writes a stop interrupted, removed
+    unrecorded_files: list[str]  # complete files whose row was never committed (never acknowledged), removed
+
+
+def reconcile_storage(db: Database, root: Path, older_than_seconds: float = 60.0) -> Reconciled:
+    """At start-up, before any association: remove what an interrupted receive left under ``incoming/``.
+
+    A temporary file is a write that never finished; a file without a row was written but never recorded,
+    so never acknowledged: the sender will send it again. Files younger than ``older_than_seconds`` are left
+    alone, in case another node shares the storage."""
+    incoming = root / "incoming"
+    if not incoming.is_dir():
+        return Reconciled([], [])
+    with db.read() as session:
+        recorded = set(session.scalars(select(Instance.path)))
+    limit = time.time() - older_than_seconds
+    partial, unrecorded = [], []
+    for path in incoming.rglob("*"):
+        if not path.is_file() or path.stat().st_mtime > limit:
+            continue
+        relative = str(path.relative_to(root))
+        if path.name.startswith(PARTIAL_PREFIX) and path.name.endswith(PARTIAL_SUFFIX):
+            partial.append(relative)
+        elif relative not in recorded:
+            unrecorded.append(relative)
+        else:
+            continue
+        path.unlink(missing_ok=True)
+    return Reconciled(sorted(partial), sorted(unrecorded))

@@ -4,7 +4,7 @@ the command line and the status page both show."""
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -30,11 +30,22 @@ class JobRow:
     finished_at: dt.datetime | None
     stage_seconds: dict[str, float]
     error: str | None
+    supersedes: int | None = None  # the job whose results this one replaces
+    delivery_states: dict[str, int] = field(default_factory=dict)  # deliveries of its results, per state
 
     @property
     def stages(self) -> str:
         """Seconds per stage of the latest attempt, as people read them: "assemble 0.2s segment 3.2s"."""
         return " ".join(f"{name} {seconds:.1f}s" for name, seconds in self.stage_seconds.items())
+
+    @property
+    def delivered(self) -> str:
+        """How far its results got: "2/2", "0/2 waiting", "-" (nothing to send); withdrawn ones not counted."""
+        states = {k: v for k, v in self.delivery_states.items() if k != DeliveryState.WITHDRAWN}
+        total, done = sum(states.values()), states.get(DeliveryState.DELIVERED, 0)
+        if not total:
+            return "-"
+        return f"{done}/{total}" + ("" if done == total else " waiting")
 
 
 @dataclass(frozen=True)
@@ -92,12 +103,24 @@ def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, 
     return out
 
 
-def _row(job: Job, series: Series, study: Study, stages: dict[str, float]) -> JobRow:
+def _delivery_states(session: Session, job_ids: list[int]) -> dict[int, dict[str, int]]:
+    rows = session.execute(
+        select(Result.job_id, Delivery.state, func.count()).join(Delivery, Delivery.result_id == Result.id)
+        .where(Result.job_id.in_(job_ids)).group_by(Result.job_id, Delivery.state)
+    ).all()
+    out: dict[int, dict[str, int]] = {}
+    for job_id, state, n in rows:
+        out.setdefault(job_id, {})[state] = int(n)
+    return out
+
+
+def _row(job: Job, series: Series, study: Study, stages: dict[str, float], deliveries: dict[str, int]) -> JobRow:
     return JobRow(
         id=job.id, state=job.state, patient_id=study.patient_id, study_instance_uid=study.study_instance_uid,
         series_instance_uid=series.series_instance_uid, modality=series.modality, instances=series.instance_count,
         model=job.model, attempts=job.attempts, max_attempts=job.max_attempts, created_at=job.created_at,
-        finished_at=job.finished_at, stage_seconds=stages, error=job.error,
+        finished_at=job.finished_at, stage_seconds=stages, error=job.error, supersedes=job.supersedes_job_id,
+        delivery_states=deliveries,
     )
 
 
@@ -108,8 +131,10 @@ def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow
         if state:
             query = query.where(Job.state == state)
         found = session.execute(query).all()
-        stages = _stage_seconds(session, [job.id for job, _, _ in found])
-        return [_row(job, series, study, stages.get(job.id, {})) for job, series, study in found]
+        ids = [job.id for job, _, _ in found]
+        stages, deliveries = _stage_seconds(session, ids), _delivery_states(session, ids)
+        return [_row(job, series, study, stages.get(job.id, {}), deliveries.get(job.id, {}))
+                for job, series, study in found]
 
 
 def job(db: Database, job_id: int) -> JobDetail | None:
@@ -117,7 +142,8 @@ def job(db: Database, job_id: int) -> JobDetail | None:
         found = session.get(Job, job_id)
         if found is None:
             return None
-        row = _row(found, found.series, found.series.study, _stage_seconds(session, [job_id]).get(job_id, {}))
+        row = _row(found, found.series, found.series.study, _stage_seconds(session, [job_id]).get(job_id, {}),
+                   _delivery_states(session, [job_id]).get(job_id, {}))
         events = [EventRow(e.at, e.kind, e.attempt, e.stage, e.seconds, e.worker, e.message) for e in found.events]
         results = [ResultRow(r.kind, r.sop_instance_uid, r.path) for r in found.results]
         deliveries = [

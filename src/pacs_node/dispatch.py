@@ -19,7 +19,7 @@ from pynetdicom.events import Event
 
 from db import outbox
 from db.engine import Database
-from db.errors import PeerFailure
+from db.errors import PeerFailure, one_line
 from db.polling import poll
 from pacs_node.status import STORED
 
@@ -82,12 +82,12 @@ class Dispatcher:
         try:
             status = send_file(self.storage_root / task.path, destination, self.calling_ae_title)
         except (PeerFailure, OSError) as exc:
-            when = outbox.failed(self.db, task.id, str(exc), self.policy)
+            when = outbox.failed(self.db, task.id, one_line(exc), self.policy)
             log.warning("delivery %d of %s to %s failed: %s; next try at %s", task.id, task.sop_instance_uid,
                         task.destination, exc, when)
             return True
         except Exception as exc:
-            outbox.failed(self.db, task.id, f"unexpected error: {exc!r}", self.policy)
+            outbox.failed(self.db, task.id, f"unexpected error: {one_line(exc)}", self.policy)
             log.exception("delivery %d failed unexpectedly", task.id)
             return True
         if status in STORED:

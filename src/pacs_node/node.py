@@ -35,9 +35,15 @@ class Node:
              "cannot queue settled series")
 
     def start(self) -> None:
+        left = ingest.reconcile_storage(self.db, self.receiver_config.storage_root)
+        for path in left.partial_files:
+            log.warning("removed %s: a write the last stop interrupted", path)
+        for path in left.unrecorded_files:
+            log.warning("removed %s: written but never recorded, so never acknowledged", path)
         abandoned = ingest.release_abandoned(self.db)
         if abandoned:
-            log.info("%d series were still receiving when the node last stopped; they settle now", abandoned)
+            log.info("%d series were still receiving when the node last stopped; they settle as possibly partial",
+                     abandoned)
         self._server = scp.start(self.receiver_config, self.db)
         for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
             thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -35,8 +34,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from db import ingest
 from db.engine import Database
-from db.sop_classes import VOLUME_IMAGE_STORAGE
-from db.storage import InvalidUID, check_uid, instance_path, write_atomic
+from db.errors import one_line
+from db.storage import InvalidUID, instance_path, write_atomic
+from pacs_node.logs import RefusalLog, printable
 from pacs_node.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -45,6 +45,8 @@ from pacs_node.status import (
     UNABLE_TO_PROCESS,
     with_comment,
 )
+from pacs_node.store import BadDataset, WrongSOPClass, check, series_of
+from pacs_node.transfers import Transfer
 
 log = logging.getLogger("ainode.receive")
 
@@ -73,72 +75,6 @@ class ReceiverConfig:
     network_timeout: float = 60.0
 
 
-class BadDataset(ValueError):
-    """The received dataset cannot be stored as it is; the message names the attribute and value."""
-
-
-def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    return "" if value is None else str(value).strip()
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> None:
-    """Refuse a truncated or inconsistent Pixel Data element; pixels themselves are decoded later.
-
-    Objects without pixels (SR, KO, PR, RT…) are stored as they come: a PACS sends whole studies, and
-    the worker records why they are not part of a volume.
-    """
-    if "PixelData" not in ds:
-        if sop_class_uid in VOLUME_IMAGE_STORAGE:
-            raise BadDataset("the dataset has no Pixel Data")
-        return
-    for keyword in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel"):
-        if not isinstance(ds.get(keyword), int) or ds.get(keyword) <= 0:
-            raise BadDataset(f"{keyword} {ds.get(keyword)!r} is missing or not a positive number")
-    pixel_data = ds.PixelData
-    if transfer_syntax.is_encapsulated:
-        if len(pixel_data) < 8 or pixel_data[:4] != b"\xfe\xff\x00\xe0":
-            raise BadDataset("encapsulated Pixel Data does not start with a Basic Offset Table item")
-        return
-    frames = _int(ds, "NumberOfFrames") or 1
-    expected = ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated // 8
-    if len(pixel_data) < expected:
-        raise BadDataset(f"Pixel Data is truncated: {len(pixel_data)} bytes, {expected} expected")
-
-
-@dataclass
-class Transfer:
-    """What one association has sent: each series it touched, with the first reason it may be partial."""
-
-    series: dict[str, str | None] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)  # failure statuses for instances of no known series
-    released: bool = False
-    current: str | None = None  # the series of the request being handled (one at a time per association)
-
-    def refused(self, status: str) -> None:
-        """An instance of the current request was answered with a failure ``status``."""
-        if self.current is None:
-            self.failures.append(status)
-        elif self.series[self.current] is None:
-            self.series[self.current] = f"an instance was answered {status}"
-
-    def outcomes(self) -> dict[str, str | None]:
-        """Per series, why this transfer may have left it partial, or None when nothing went wrong."""
-        if not self.released:
-            return {uid: "the association ended without a release (aborted or connection lost)"
-                    for uid in self.series}
-        orphan = f"an instance of unknown series was refused ({self.failures[0]})" if self.failures else None
-        return {uid: reason or orphan for uid, reason in self.series.items()}
-
-
 class Receiver:
     """Holds the handlers' state: what each open association has sent, and how it went."""
 
@@ -147,6 +83,7 @@ class Receiver:
         self.db = db
         self._lock = threading.Lock()
         self._transfers: dict[int, Transfer] = {}
+        self.refusals = RefusalLog(log)
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
@@ -156,7 +93,9 @@ class Receiver:
         try:
             status = self._store(event)
         except Exception as exc:  # the last line of defence: nothing reaches the network stack
-            log.exception("C-STORE from %s failed unexpectedly", event.assoc.requestor.ae_title)
+            log.error("C-STORE from %s failed unexpectedly: %s", printable(event.assoc.requestor.ae_title, 16),
+                      printable(one_line(exc)))
+            log.debug("C-STORE failure", exc_info=True)
             status = with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
         code = status if isinstance(status, int) else int(status.Status)
         if code != SUCCESS:
@@ -169,54 +108,39 @@ class Receiver:
         request = event.request
         try:
             ds = event.dataset
-            transfer_syntax = UID(event.context.transfer_syntax)
-            study = check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID")
-            series = check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            self._touch(event, series)  # from here on a refusal marks this series as possibly partial
-            sop_instance_uid = check_uid(request.AffectedSOPInstanceUID, "AffectedSOPInstanceUID")
-            sop_class_uid = check_uid(request.AffectedSOPClassUID, "AffectedSOPClassUID")
-            if check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID") != sop_instance_uid:
-                raise BadDataset(f"SOPInstanceUID {ds.SOPInstanceUID} differs from the request's {sop_instance_uid}")
-            if check_uid(ds.get("SOPClassUID"), "SOPClassUID") != sop_class_uid:
-                log.warning("%s: SOPClassUID %s differs from the request's %s", sop_instance_uid,
-                            ds.SOPClassUID, sop_class_uid)
-                return with_comment(DATASET_DOES_NOT_MATCH, f"SOPClassUID {ds.SOPClassUID} != request")
-            _check_pixel_data(ds, transfer_syntax, sop_class_uid)
+            self._touch(event, series_of(ds)[1])  # from here on a refusal marks this series as possibly partial
+            incoming = check(ds, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID,
+                             event.context.transfer_syntax)
+        except WrongSOPClass as exc:
+            self.refusals.refused(calling, exc)
+            return with_comment(DATASET_DOES_NOT_MATCH, str(exc))
         except (InvalidUID, BadDataset) as exc:
-            log.warning("refused an instance from %s: %s", calling, exc)
+            self.refusals.refused(calling, exc)
             return with_comment(CANNOT_UNDERSTAND, str(exc))
         except Exception as exc:  # pydicom raises many kinds on undecodable bytes
-            log.warning("cannot decode an instance from %s: %s", calling, exc)
+            self.refusals.refused(calling, f"cannot decode the dataset: {one_line(exc)}")
             return with_comment(CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
 
         try:
-            if ingest.is_stored(self.db, sop_instance_uid):
-                log.info("%s already stored; not stored again", sop_instance_uid)
+            if ingest.is_stored(self.db, incoming.sop_instance_uid):
+                log.info("%s already stored; not stored again", incoming.sop_instance_uid)
                 return SUCCESS
         except SQLAlchemyError as exc:
-            log.error("database unavailable: %s", exc)
+            log.error("database unavailable: %s", one_line(exc))
             return with_comment(OUT_OF_RESOURCES, "database unavailable")
 
-        relative = instance_path(study, series, sop_instance_uid)
+        relative = instance_path(incoming.study_instance_uid, incoming.series_instance_uid, incoming.sop_instance_uid)
+        target = self.config.storage_root / relative
         try:
-            size = write_atomic(self.config.storage_root / relative, event.encoded_dataset())
+            size = write_atomic(target, event.encoded_dataset())
         except OSError as exc:
             log.error("cannot write %s: %s", relative, exc)
             return with_comment(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
-
-        record = ingest.ReceivedInstance(
-            study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop_instance_uid,
-            sop_class_uid=sop_class_uid, transfer_syntax_uid=str(transfer_syntax),
-            modality=_text(ds, "Modality")[:16], path=str(relative), size_bytes=size, calling_ae_title=calling,
-            patient_id=_text(ds, "PatientID")[:64], patient_name=_text(ds, "PatientName")[:324],
-            study_date=_text(ds, "StudyDate")[:8], accession_number=_text(ds, "AccessionNumber")[:16],
-            study_description=_text(ds, "StudyDescription")[:64], series_number=_int(ds, "SeriesNumber"),
-            series_description=_text(ds, "SeriesDescription")[:64], instance_number=_int(ds, "InstanceNumber"),
-        )
         try:
-            ingest.record_instance(self.db, record)
+            ingest.record_instance(self.db, incoming.received(str(relative), size, calling))
         except SQLAlchemyError as exc:
-            log.error("cannot record %s: %s", sop_instance_uid, exc)
+            log.error("cannot record %s: %s", incoming.sop_instance_uid, one_line(exc))
+            target.unlink(missing_ok=True)  # not acknowledged, so not kept: the sender sends it again
             return with_comment(OUT_OF_RESOURCES, "database error")
         return SUCCESS
 
@@ -241,7 +165,8 @@ class Receiver:
         outcomes = transfer.outcomes()
         for uid, reason in outcomes.items():
             if reason:
-                log.warning("series %s may be partial: %s; it waits for the sender's retry", uid, reason)
+                log.warning("series %s may be partial: %s; it waits for the sender's retry", uid,
+                            printable(reason))
         try:
             ingest.release_series(self.db, outcomes)
         except Exception:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from db import queue
 from db.engine import Database
-from db.errors import RejectedInput
+from db.errors import RejectedInput, one_line
 from db.polling import poll
 from worker.pipeline import Pipeline
 
@@ -65,12 +65,11 @@ class Worker:
             finally:
                 done.set()
         except RejectedInput as exc:
-            queue.fail(self.db, job.id, self.name, str(exc), self.policy, retry=False)
+            queue.fail(self.db, job.id, self.name, one_line(exc), self.policy, retry=False)
             log.warning("job %d rejected: %s", job.id, exc)
             return True
         except Exception as exc:
-            reason = f"{type(exc).__name__}: {exc}"
-            state = queue.fail(self.db, job.id, self.name, reason, self.policy, retry=True)
+            state = queue.fail(self.db, job.id, self.name, one_line(exc), self.policy, retry=True)
             log.exception("job %d attempt %d failed (now %s)", job.id, job.attempt, state)
             return True
         if queue.complete(self.db, job.id, self.name, results, list(self.config.destinations)):

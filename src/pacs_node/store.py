@@ -1,0 +1,122 @@
+"""Checking a received C-STORE request before anything is written: every value the node records is read
+and validated here, so a dataset that cannot be stored is refused (0xC210, naming the element) with nothing
+left on disk, and the write that follows cannot fail on the dataset's content."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from db import ingest
+from db.sop_classes import VOLUME_IMAGE_STORAGE
+from db.storage import check_uid
+
+
+class BadDataset(ValueError):
+    """The received dataset cannot be stored as it is; the message names the attribute and value."""
+
+
+class WrongSOPClass(BadDataset):
+    """The dataset's SOP Class UID is not the one the request names (answered 0xA900)."""
+
+
+def _text(ds: Dataset, keyword: str, limit: int) -> str:
+    """A text attribute the database keeps; an element pydicom cannot decode is refused by name."""
+    try:
+        value = ds.get(keyword, "")
+        return "" if value is None else str(value).strip()[:limit]
+    except Exception as exc:
+        raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
+    except Exception as exc:
+        raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
+
+
+def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> None:
+    """Refuse a truncated or inconsistent Pixel Data element; pixels themselves are decoded later.
+
+    Objects without pixels (SR, KO, PR, RT…) are stored as they come: a PACS sends whole studies, and
+    the worker records why they are not part of a volume.
+    """
+    if "PixelData" not in ds:
+        if sop_class_uid in VOLUME_IMAGE_STORAGE:
+            raise BadDataset("the dataset has no Pixel Data")
+        return
+    for keyword in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel"):
+        if not isinstance(ds.get(keyword), int) or ds.get(keyword) <= 0:
+            raise BadDataset(f"{keyword} {ds.get(keyword)!r} is missing or not a positive number")
+    pixel_data = ds.PixelData
+    if transfer_syntax.is_encapsulated:
+        if len(pixel_data) < 8 or pixel_data[:4] != b"\xfe\xff\x00\xe0":
+            raise BadDataset("encapsulated Pixel Data does not start with a Basic Offset Table item")
+        return
+    frames = _int(ds, "NumberOfFrames") or 1
+    expected = ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated // 8
+    if len(pixel_data) < expected:
+        raise BadDataset(f"Pixel Data is truncated: {len(pixel_data)} bytes, {expected} expected")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A checked request: the UIDs (valid, the dataset's agreeing with the request's) and what is recorded."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    accession_number: str
+    study_description: str
+    series_number: int | None
+    series_description: str
+    instance_number: int | None
+
+    def received(self, path: str, size_bytes: int, calling_ae_title: str) -> ingest.ReceivedInstance:
+        return ingest.ReceivedInstance(
+            study_instance_uid=self.study_instance_uid, series_instance_uid=self.series_instance_uid,
+            sop_instance_uid=self.sop_instance_uid, sop_class_uid=self.sop_class_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid, modality=self.modality, path=path, size_bytes=size_bytes,
+            calling_ae_title=calling_ae_title, patient_id=self.patient_id, patient_name=self.patient_name,
+            study_date=self.study_date, accession_number=self.accession_number,
+            study_description=self.study_description, series_number=self.series_number,
+            series_description=self.series_description, instance_number=self.instance_number)
+
+
+def series_of(ds: Dataset) -> tuple[str, str]:
+    """Study and Series Instance UIDs, checked: what a request is about, found first."""
+    return check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"), \
+        check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
+
+
+def check(ds: Dataset, affected_sop_instance_uid: object, affected_sop_class_uid: object,
+          transfer_syntax: str) -> Incoming:
+    """Everything about the request that must hold before it is stored; ``BadDataset`` (or ``InvalidUID``)
+    naming the attribute and value otherwise."""
+    study, series = series_of(ds)
+    sop_instance_uid = check_uid(affected_sop_instance_uid, "AffectedSOPInstanceUID")
+    sop_class_uid = check_uid(affected_sop_class_uid, "AffectedSOPClassUID")
+    if check_uid(ds.get("SOPInstanceUID"), "SOPInstanceUID") != sop_instance_uid:
+        raise BadDataset(f"SOPInstanceUID {ds.SOPInstanceUID} differs from the request's {sop_instance_uid}")
+    if check_uid(ds.get("SOPClassUID"), "SOPClassUID") != sop_class_uid:
+        raise WrongSOPClass(f"SOPClassUID {ds.SOPClassUID} differs from the request's {sop_class_uid}")
+    _check_pixel_data(ds, UID(transfer_syntax), sop_class_uid)
+    return Incoming(
+        study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop_instance_uid,
+        sop_class_uid=sop_class_uid, transfer_syntax_uid=str(transfer_syntax), modality=_text(ds, "Modality", 16),
+        patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
+        study_date=_text(ds, "StudyDate", 8), accession_number=_text(ds, "AccessionNumber", 16),
+        study_description=_text(ds, "StudyDescription", 64), series_number=_int(ds, "SeriesNumber"),
+        series_description=_text(ds, "SeriesDescription", 64), instance_number=_int(ds, "InstanceNumber"))
