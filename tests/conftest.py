@@ -221,19 +221,21 @@ class NodeProcess:
         self.database_url = str(overrides.pop("database_url", "")) or \
             f"sqlite:///{(root / 'data' / 'ainode.db').resolve()}"
         self.status_port = int(overrides.pop("status_port", 0))  # type: ignore[call-overload]
-        options = {"settle_seconds": 0.5, "lease_seconds": 10.0, "max_attempts": 3, "backoff_seconds": 1.0,
-                   "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]', "pacs_ae": "PACS", **overrides}
+        options = {"settle_seconds": 0.5, "incomplete_settle_seconds": 600.0, "lease_seconds": 10.0,
+                   "max_attempts": 3, "backoff_seconds": 1.0, "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]',
+                   "pacs_ae": "PACS", "storage_root": root / "data", "extra": "", **overrides}
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(f"""
 [node]
 port = {self.port}
 allowed_calling_ae_titles = {options['callers']}
 [storage]
-root = "{root / 'data'}"
+root = "{options['storage_root']}"
 [database]
 url = "{self.database_url}"
 [queue]
 settle_seconds = {options['settle_seconds']}
+incomplete_settle_seconds = {options['incomplete_settle_seconds']}
 lease_seconds = {options['lease_seconds']}
 max_attempts = {options['max_attempts']}
 backoff_seconds = {options['backoff_seconds']}
@@ -251,6 +253,7 @@ backoff_seconds = 0.5
 backoff_max_seconds = 2.0
 [status]
 port = {self.status_port}
+{options['extra']}
 """)
         self.processes: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []

@@ -60,7 +60,7 @@ def _database(settings: Settings) -> Database:
     from db.engine import Database
 
     try:
-        return Database(settings.database_url)
+        return Database(settings.database_url, settings.database.busy_timeout_seconds)
     except ConfigurationError as exc:
         _fail(str(exc))
 

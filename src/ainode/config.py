@@ -65,6 +65,7 @@ class StorageSection(_Section):
 
 class DatabaseSection(_Section):
     url: str = ""
+    busy_timeout_seconds: float = Field(30.0, gt=0, le=600)
 
 
 class QueueSection(_Section):

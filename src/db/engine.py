@@ -25,7 +25,7 @@ from db.errors import ConfigurationError
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, busy_timeout: float) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: object) -> None:
         dbapi_connection.isolation_level = None  # let the "begin" hook below issue BEGIN itself
@@ -33,7 +33,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -45,7 +45,9 @@ def _configure_sqlite(engine: Engine) -> None:
 class Database:
     """An engine and its session factory; passed to whoever needs the database, never global."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
+        """``busy_timeout``: how long a write waits for another process's lock (SQLite) before it fails;
+        the receiver then answers 0xA700 and the sender retries."""
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -54,13 +56,13 @@ class Database:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            options["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
         else:
             options["pool_pre_ping"] = True
         self.url = url
         self.engine = create_engine(parsed, **options)
         if parsed.get_backend_name() == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, busy_timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager

@@ -6,7 +6,6 @@ Called by the C-STORE handler before it answers, so a success on the wire means 
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,21 +127,20 @@ class Reconciled:
     unrecorded_files: list[str]  # complete files whose row was never committed (never acknowledged), removed
 
 
-def reconcile_storage(db: Database, root: Path, older_than_seconds: float = 60.0) -> Reconciled:
-    """At start-up, before any association: remove what an interrupted receive left under ``incoming/``.
+def reconcile_storage(db: Database, root: Path) -> Reconciled:
+    """At start-up, before any association: remove what an interrupted receive left under ``incoming/``
+    (which the receiving node alone writes; workers elsewhere only read it).
 
     A temporary file is a write that never finished; a file without a row was written but never recorded,
-    so never acknowledged: the sender will send it again. Files younger than ``older_than_seconds`` are left
-    alone, in case another node shares the storage."""
+    so never acknowledged: the sender will send it again."""
     incoming = root / "incoming"
     if not incoming.is_dir():
         return Reconciled([], [])
     with db.read() as session:
         recorded = set(session.scalars(select(Instance.path)))
-    limit = time.time() - older_than_seconds
     partial, unrecorded = [], []
     for path in incoming.rglob("*"):
-        if not path.is_file() or path.stat().st_mtime > limit:
+        if not path.is_file():
             continue
         relative = str(path.relative_to(root))
         if path.name.startswith(PARTIAL_PREFIX) and path.name.endswith(PARTIAL_SUFFIX):

@@ -17,7 +17,7 @@ log = logging.getLogger("ainode.node")
 class Node:
     def __init__(self, receiver: scp.ReceiverConfig, db: Database, policy: queue.QueuePolicy,
                  dispatcher: Dispatcher) -> None:
-        self.receiver_config = receiver
+        self.receiver = scp.Receiver(receiver, db)
         self.db = db
         self.policy = policy
         self.dispatcher = dispatcher
@@ -27,6 +27,7 @@ class Node:
 
     def _settle(self) -> None:
         def step() -> bool:
+            self.receiver.record_pending_releases()
             for job_id in queue.enqueue_settled(self.db, self.policy):
                 log.info("queued job %d", job_id)
             return False  # look again after the interval
@@ -35,7 +36,7 @@ class Node:
              "cannot queue settled series")
 
     def start(self) -> None:
-        left = ingest.reconcile_storage(self.db, self.receiver_config.storage_root)
+        left = ingest.reconcile_storage(self.db, self.receiver.config.storage_root)
         for path in left.partial_files:
             log.warning("removed %s: a write the last stop interrupted", path)
         for path in left.unrecorded_files:
@@ -44,7 +45,7 @@ class Node:
         if abandoned:
             log.info("%d series were still receiving when the node last stopped; they settle as possibly partial",
                      abandoned)
-        self._server = scp.start(self.receiver_config, self.db)
+        self._server = scp.serve(self.receiver)
         for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
             thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)
             thread.start()

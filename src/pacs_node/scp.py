@@ -83,6 +83,7 @@ class Receiver:
         self.db = db
         self._lock = threading.Lock()
         self._transfers: dict[int, Transfer] = {}
+        self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
         self.refusals = RefusalLog(log)
 
     def handle_echo(self, event: Event) -> int:
@@ -169,8 +170,24 @@ class Receiver:
                             printable(reason))
         try:
             ingest.release_series(self.db, outcomes)
-        except Exception:
-            log.exception("cannot record the end of an association for %s", sorted(outcomes))
+        except Exception as exc:
+            log.error("cannot record the end of an association for %s (%s); trying again later", sorted(outcomes),
+                      one_line(exc))
+            with self._lock:
+                self._unrecorded.append(outcomes)
+
+    def record_pending_releases(self) -> None:
+        """Record the ends of associations the database refused when they closed (a lock, an outage): until
+        then their series cannot settle."""
+        with self._lock:
+            pending, self._unrecorded = self._unrecorded, []
+        for n, outcomes in enumerate(pending):
+            try:
+                ingest.release_series(self.db, outcomes)
+            except Exception:
+                with self._lock:
+                    self._unrecorded.extend(pending[n:])
+                raise
 
 
 def make_ae(config: ReceiverConfig) -> AE:
@@ -187,7 +204,12 @@ def make_ae(config: ReceiverConfig) -> AE:
 
 def start(config: ReceiverConfig, db: Database) -> ThreadedAssociationServer:
     """Start listening in the background; stop with ``server.shutdown()``."""
-    receiver = Receiver(config, db)
+    return serve(Receiver(config, db))
+
+
+def serve(receiver: Receiver) -> ThreadedAssociationServer:
+    """Start listening in the background with ``receiver``'s handlers; stop with ``server.shutdown()``."""
+    config = receiver.config
     handlers = [
         (evt.EVT_C_ECHO, receiver.handle_echo),
         (evt.EVT_C_STORE, receiver.handle_store),
