@@ -217,6 +217,7 @@ class NodeProcess:
         self.root = root
         self.port = free_port()
         self.pacs_port = pacs_port
+        self.storage_root = Path(str(overrides.get("storage_root", root / "data")))
         self.config = root / "ainode.toml"
         self.database_url = str(overrides.pop("database_url", "")) or \
             f"sqlite:///{(root / 'data' / 'ainode.db').resolve()}"

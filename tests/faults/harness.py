@@ -60,6 +60,11 @@ def acknowledged(output: str) -> int:
     return output.count("Received Store Response (Success)")
 
 
+def refused_out_of_resources(output: str) -> bool:
+    """Whether storescu (-v) was answered 0xA700 (it names the status rather than printing the code)."""
+    return "Received Store Response (Refused: OutOfResources)" in output
+
+
 def stored(node: NodeProcess) -> tuple[set[str], int]:
     """SOP Instance UIDs recorded (whose file is on disk, complete) and the number of files left over:
     temporary files, and files without a row."""
@@ -69,7 +74,7 @@ def stored(node: NodeProcess) -> tuple[set[str], int]:
             rows = session.execute(select(Instance.sop_instance_uid, Instance.path, Instance.size_bytes)).all()
     finally:
         db.dispose()
-    root = node.root / "data"
+    root = node.storage_root
     good = {uid for uid, path, size in rows if (root / path).is_file() and (root / path).stat().st_size == size}
     recorded = {str(root / path) for _, path, _ in rows}
     files = [p for p in (root / "incoming").rglob("*") if p.is_file()] if (root / "incoming").exists() else []
@@ -295,7 +300,7 @@ def disk_full(root: Path, megabytes: int = 1) -> Tally:
         cut = subprocess.run([require("storescu"), "-v", "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
                               str(node.port), *map(str, series.paths)], env=DCMTK_ENV, capture_output=True,
                              text=True, timeout=300)
-        if "0xa700" not in (cut.stdout + cut.stderr).lower():
+        if not refused_out_of_resources(cut.stdout + cut.stderr):
             tally.crashes += 1  # the sender must have been told: out of resources
         _partial_then_complete(node, series, acknowledged(cut.stdout + cut.stderr), tally, lambda: subprocess.run(
             ["mount", "-o", "remount,size=64m", str(storage)], check=True))
@@ -327,7 +332,7 @@ def database_locked(root: Path) -> Tally:
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        if "0xa700" not in output.lower():
+        if not refused_out_of_resources(output):
             tally.crashes += 1  # the sender must have been told: out of resources
         _partial_then_complete(node, series, acknowledged(output), tally, lambda: None)
     finally:

@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 import pytest
+
 from harness import HEADER, Tally, database_locked, destination_down, disk_full, kill_receiver, kill_worker
 
 pytestmark = pytest.mark.slow
-RUNS = int(os.environ.get("AINODE_FAULT_RUNS", "5"))
+RUNS = int(os.environ.get("FAULT_RUNS", "5"))
 
 
 def check(name: str, tally: Tally, runs: int) -> None:
@@ -29,7 +30,7 @@ def test_kill_a_worker_in_the_middle_of_a_stage(tmp_path: Path) -> None:
 
 
 def test_a_destination_down_delays_delivery_and_says_so(tmp_path: Path) -> None:
-    check("destination down", destination_down(tmp_path, seconds=float(os.environ.get("AINODE_DOWN_SECONDS", 15))), 1)
+    check("destination down", destination_down(tmp_path, seconds=float(os.environ.get("FAULT_DOWN_SECONDS", 15))), 1)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
