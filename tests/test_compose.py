@@ -14,6 +14,7 @@ or /var/run/docker.sock is used instead; with neither, the test skips and says w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,13 +31,14 @@ import yaml
 
 from conftest import Orthanc, phantom_series, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # a build with nothing cached takes ~6 min
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE_FILE = DOCKER / "compose.yaml"
 ARTIFACTS = ROOT / "test-artifacts"
-DATA_ROOT = Path.home() / ".cache" / "ainode-tests" / "docker"  # the private engine's images, kept between runs
+CACHE = Path.home() / ".cache" / "ainode-tests"
+DATA_ROOT = CACHE / "docker"  # the private engine's images, kept between runs
 RUN = Path("/run/ainode-tests-docker")  # its exec root, socket and pid file
 SOCKET = RUN / "docker.sock"
 LOCAL_BASE = "ainode-base:bookworm"
@@ -150,6 +152,21 @@ def start_engine() -> Engine:
                 "root, and none answers at DOCKER_HOST or /var/run/docker.sock")
 
 
+def kept_wheelhouse() -> Path:
+    """Where a copy of the wheelhouse made for this pyproject.toml is kept: a fresh clone (CI's) takes it
+    and does not ask PyPI again."""
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + (DOCKER / "wheelhouse.sh").read_bytes())
+    return CACHE / f"wheelhouse-{key.hexdigest()[:16]}"
+
+
+def images() -> None:
+    """`make images`: the images built before the tests' network namespace, or the reason they cannot be."""
+    try:
+        build_images()
+    except pytest.skip.Exception as reason:
+        print(f"the compose images are not built: {reason}")
+
+
 def build_images(engine: Engine | None = None) -> dict[str, float]:
     """The wheelhouse, the OHIF package, the base image and the compose file's three images, each as its
     compose definition says; seconds per step. `make images` calls this before the tests' namespace."""
@@ -157,16 +174,24 @@ def build_images(engine: Engine | None = None) -> dict[str, float]:
     engine = engine or start_engine()
     timings: dict[str, float] = {}
 
-    def step(name: str, command: list[str], **kwargs: object) -> None:
+    def step(name: str, command: list[str]) -> None:
         began = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, env={**engine.env, **kwargs})
+        result = subprocess.run(command, capture_output=True, text=True, env=engine.env)
         assert result.returncode == 0, f"{name}: {result.stdout[-3000:]}\n{result.stderr[-3000:]}"
         timings[name] = round(time.monotonic() - began, 1)
 
     try:
-        wheelhouse = DOCKER / "wheelhouse" / "requirements.txt"
-        if not wheelhouse.exists() or wheelhouse.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
-            step("wheelhouse", [str(DOCKER / "wheelhouse.sh")])
+        wheelhouse, kept = DOCKER / "wheelhouse", kept_wheelhouse()
+        made = (wheelhouse / "requirements.txt").stat().st_mtime if (wheelhouse / "requirements.txt").exists() else 0
+        if made < (ROOT / "pyproject.toml").stat().st_mtime:
+            if (kept / "requirements.txt").exists():
+                shutil.rmtree(wheelhouse, ignore_errors=True)
+                shutil.copytree(kept, wheelhouse)
+            else:
+                step("wheelhouse", [str(DOCKER / "wheelhouse.sh")])
+                for old in CACHE.glob("wheelhouse-*"):
+                    shutil.rmtree(old)
+                shutil.copytree(wheelhouse, kept)
         step("ohif package", [str(DOCKER / "ohif" / "fetch.sh")])
         base = os.environ.get("AINODE_BASE_IMAGE") or LOCAL_BASE
         if base == LOCAL_BASE:
@@ -182,6 +207,7 @@ def build_images(engine: Engine | None = None) -> dict[str, float]:
                                    str(context / build.get("dockerfile", "Dockerfile")), *arguments,
                                    "-t", service["image"], str(context)])
         engine.docker("image", "prune", "--force")  # the images earlier builds left untagged
+        engine.docker("builder", "prune", "--force", "--keep-storage", "4GB")  # what this build used stays
     finally:
         if own:
             engine.stop()
