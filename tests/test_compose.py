@@ -148,8 +148,8 @@ def start_engine() -> Engine:
     for host in filter(None, (os.environ.get("DOCKER_HOST"), "unix:///var/run/docker.sock")):
         if shutil.which("docker") and answers(host):
             return Engine(host)
-    pytest.skip("no Docker engine: dockerd is not installed (apt-get install docker.io) or this user is not "
-                "root, and none answers at DOCKER_HOST or /var/run/docker.sock")
+    why = "this user is not root (who starts a private dockerd)" if dockerd else "dockerd is not installed (docker.io)"
+    pytest.skip(f"no Docker engine: {why}, and none answers at DOCKER_HOST or /var/run/docker.sock")
 
 
 def kept_wheelhouse() -> Path:
