@@ -181,25 +181,31 @@ def build_images(engine: Engine | None = None) -> dict[str, float]:
         timings[name] = round(time.monotonic() - began, 1)
 
     try:
+        base = os.environ.get("AINODE_BASE_IMAGE") or LOCAL_BASE
+        services = yaml.safe_load(subprocess.run(
+            [*engine.compose, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, check=True,
+            env={**engine.env, "AINODE_BASE_IMAGE": base}).stdout)["services"]
         wheelhouse, kept = DOCKER / "wheelhouse", kept_wheelhouse()
         made = (wheelhouse / "requirements.txt").stat().st_mtime if (wheelhouse / "requirements.txt").exists() else 0
-        if made < (ROOT / "pyproject.toml").stat().st_mtime:
-            if (kept / "requirements.txt").exists():
-                shutil.rmtree(wheelhouse, ignore_errors=True)
-                shutil.copytree(kept, wheelhouse)
-            else:
-                step("wheelhouse", [str(DOCKER / "wheelhouse.sh")])
-                for old in CACHE.glob("wheelhouse-*"):
-                    shutil.rmtree(old)
-                shutil.copytree(wheelhouse, kept)
+        stale = made < (ROOT / "pyproject.toml").stat().st_mtime and not (kept / "requirements.txt").exists()
+        missing = [image for image in (base, *(s["image"] for s in services.values()))
+                   if subprocess.run([engine.cli, "image", "inspect", image], capture_output=True,
+                                     env=engine.env).returncode != 0]
+        if (stale or missing) and not Path("/proc/net/route").read_text().splitlines()[1:]:
+            pytest.fail(f"not built: {['wheelhouse'] * stale + missing}, and this network namespace reaches nothing "
+                        "to build them from (apt-get, PyPI): `make images` builds them before tests/isolated")
+        if stale:
+            step("wheelhouse", [str(DOCKER / "wheelhouse.sh")])
+            for old in CACHE.glob("wheelhouse-*"):
+                shutil.rmtree(old)
+            shutil.copytree(wheelhouse, kept)
+        elif made < (ROOT / "pyproject.toml").stat().st_mtime:
+            shutil.rmtree(wheelhouse, ignore_errors=True)
+            shutil.copytree(kept, wheelhouse)
         step("ohif package", [str(DOCKER / "ohif" / "fetch.sh")])
-        base = os.environ.get("AINODE_BASE_IMAGE") or LOCAL_BASE
         if base == LOCAL_BASE:
             step("base image", [str(DOCKER / "build-base.sh"), LOCAL_BASE])
-        config = yaml.safe_load(subprocess.run(
-            [*engine.compose, "-f", str(COMPOSE_FILE), "config"], capture_output=True, text=True, check=True,
-            env={**engine.env, "AINODE_BASE_IMAGE": base}).stdout)
-        for name, service in config["services"].items():
+        for name, service in services.items():
             build = service["build"]
             context = Path(build["context"])
             arguments = [f"--build-arg={key}={value}" for key, value in build.get("args", {}).items()]
