@@ -1,6 +1,6 @@
 """The Docker files hold settings ainode accepts, and the three services agree on names, AE titles and
-ports. (No Docker engine runs where these tests run: this is what can be checked without one; the nginx
-and OHIF configuration are exercised by tests/test_ohif.py.)"""
+ports: checked without an engine, in seconds (tests/test_compose.py starts the compose file for real; the
+nginx and OHIF configuration are exercised by tests/test_ohif.py too)."""
 
 from __future__ import annotations
 
