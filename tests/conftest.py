@@ -240,8 +240,8 @@ incomplete_settle_seconds = {options['incomplete_settle_seconds']}
 lease_seconds = {options['lease_seconds']}
 max_attempts = {options['max_attempts']}
 backoff_seconds = {options['backoff_seconds']}
+{f'[models.main]{chr(10)}path = "{options["model"]}"' if options.get("model") else ""}
 [worker]
-{f'model = "{options["model"]}"' if options.get("model") else ""}
 count = {options['workers']}
 threads = 2
 poll_seconds = 0.2

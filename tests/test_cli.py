@@ -15,7 +15,7 @@ from ainode.cli import app
 from conftest import free_port, wait_for
 from db import queue
 from db.engine import Database
-from test_queue import POLICY, settled_job
+from test_queue import MODELS, POLICY, settled_job
 
 runner = CliRunner()
 
@@ -31,7 +31,7 @@ def test_jobs_job_and_retry_show_and_change_what_is_in_the_database(config: Path
     db = Database(f"sqlite:///{tmp_path / 'data' / 'ainode.db'}")
     db.migrate()
     job_id = settled_job(db)
-    queue.claim(db, "host:1", POLICY, "demo-model", "1.0")
+    queue.claim(db, "host:1", POLICY, MODELS)
     queue.record_stage(db, job_id, "host:1", "assemble", 0.25, "64x64x20")
     queue.fail(db, job_id, "host:1", "uneven slice spacing: 10.00 mm between -40.00 and -30.00 mm", POLICY,
                retry=False)
@@ -43,7 +43,7 @@ def test_jobs_job_and_retry_show_and_change_what_is_in_the_database(config: Path
 
     detail = runner.invoke(app, ["job", str(job_id), "--config", str(config)])
     assert detail.exit_code == 0, detail.output
-    for text in ("demo-model", "claimed", "rejected", "1.2.3.4", "host:1"):
+    for text in ("lung-model", "claimed", "rejected", "1.2.3.4", "host:1"):
         assert text in detail.output
 
     again = runner.invoke(app, ["retry", str(job_id), "--config", str(config)])

@@ -13,7 +13,7 @@ from db import outbox, queue
 from db.engine import Database
 from db.models import Delivery, utcnow
 from pacs_node.dispatch import Destination, Dispatcher
-from test_queue import settled_job
+from test_queue import MODELS, settled_job
 
 
 def queue_delivery(database: Database, root: Path, source: Path) -> int:
@@ -22,7 +22,7 @@ def queue_delivery(database: Database, root: Path, source: Path) -> int:
     target.write_bytes(source.read_bytes())
     ds = dcmread(target, stop_before_pixels=True)
     job_id = settled_job(database)
-    queue.claim(database, "w", queue.QueuePolicy(), "m", "1")
+    queue.claim(database, "w", queue.QueuePolicy(), MODELS)
     queue.complete(database, job_id, "w", [queue.ResultFile("SEG", ds.SOPClassUID, ds.SOPInstanceUID,
                                                             ds.SeriesInstanceUID, "results/seg.dcm")], ["pacs"])
     return job_id

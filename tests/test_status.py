@@ -14,7 +14,7 @@ import pytest
 from ainode.status import StatusServer
 from db import queue
 from db.engine import Database
-from test_queue import POLICY, settled_job
+from test_queue import MODELS, POLICY, settled_job
 
 
 @pytest.fixture()
@@ -35,9 +35,9 @@ def get(server: StatusServer, path: str) -> tuple[int, str, str]:
 def test_jobs_and_a_job_as_html_and_json(page: StatusServer, database: Database) -> None:
     done = settled_job(database, "1.2.3.4")
     rejected = settled_job(database, "1.2.3.5")
-    queue.claim(database, "w", POLICY, "model", "1")
+    queue.claim(database, "w", POLICY, MODELS)
     queue.complete(database, done, "w", [queue.ResultFile("SEG", "1.2", "9.1", "9", "r/seg.dcm")], ["pacs"])
-    queue.claim(database, "w", POLICY, "model", "1")
+    queue.claim(database, "w", POLICY, MODELS)
     queue.fail(database, rejected, "w", "instance 1.2.3.5.1 has no <PixelSpacing>", POLICY, retry=False)
 
     status, kind, body = get(page, "/")

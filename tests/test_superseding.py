@@ -11,7 +11,7 @@ from sqlalchemy import select
 from db import ingest, monitor, outbox, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, Series, utcnow
-from test_queue import POLICY, receive
+from test_queue import MODELS, POLICY, ROUTE, receive
 
 SERIES = "1.2.3.4"
 
@@ -26,8 +26,9 @@ def test_a_transfer_that_ended_badly_waits_the_longer_settle_time(database: Data
     t0 = utcnow() - dt.timedelta(seconds=60)
     receive(database, SERIES, SERIES + ".1", t0)
     ingest.release_series(database, {SERIES: "the association ended without a release"}, now=t0)
-    assert queue.enqueue_settled(database, POLICY) == [], "settle_seconds is not enough after an abort"
-    (job_id,) = queue.enqueue_settled(database, POLICY, now=t0 + dt.timedelta(seconds=POLICY.incomplete_settle_seconds))
+    assert queue.enqueue_settled(database, POLICY, ROUTE) == [], "settle_seconds is not enough after an abort"
+    later = t0 + dt.timedelta(seconds=POLICY.incomplete_settle_seconds)
+    (job_id,) = queue.enqueue_settled(database, POLICY, ROUTE, now=later)
     assert "after an incomplete transfer (the association ended without a release)" in events(database, job_id)[0][1]
 
 
@@ -37,14 +38,14 @@ def test_a_retry_that_ends_normally_settles_at_the_normal_time(database: Databas
     ingest.release_series(database, {SERIES: "an instance was answered 0xA700: storage error"}, now=t0)
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))  # the sender's retry
     ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=2))
-    assert len(queue.enqueue_settled(database, POLICY)) == 1
+    assert len(queue.enqueue_settled(database, POLICY, ROUTE)) == 1
     with database.read() as session:
         assert session.scalar(select(Series.incomplete_reason)) is None
 
 
 def _processed(db: Database, worker: str, delivered_to: list[str], pending_to: list[str]) -> int:
     """Claim and complete the next job with a SEG and an SR; some deliveries done, some still pending."""
-    job = queue.claim(db, worker, POLICY, "m", "1")
+    job = queue.claim(db, worker, POLICY, MODELS)
     assert job is not None
     n = job.id
     results = [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", f"9.{n}.1", f"9.{n}", f"r/{n}/seg.dcm"),
@@ -63,14 +64,14 @@ def test_a_series_that_grows_supersedes_its_job_and_retracts_where_it_was_delive
     t0 = utcnow() - dt.timedelta(seconds=60)
     receive(database, SERIES, SERIES + ".1", t0)
     ingest.release_series(database, {SERIES: None}, now=t0)
-    queue.enqueue_settled(database, POLICY)
+    queue.enqueue_settled(database, POLICY, ROUTE)
     first = _processed(database, "w", delivered_to=["pacs"], pending_to=["archive"])
 
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))  # the rest arrives later
     ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=1))
-    (second,) = queue.enqueue_settled(database, POLICY)
+    (second,) = queue.enqueue_settled(database, POLICY, ROUTE)
     assert f"supersedes job {first}" in events(database, second)[0][1]
-    claimed = queue.claim(database, "w", POLICY, "m", "1")
+    claimed = queue.claim(database, "w", POLICY, MODELS)
     assert claimed is not None and claimed.id == second
     assert sorted(r.kind for r in claimed.superseded) == ["SEG", "SR"], "what reached a destination is retracted"
     note = queue.ResultFile(queue.REJECTION_NOTE, "1.2.840.10008.5.1.4.1.1.88.59", "9.ko", "9.k", "r/ko.dcm")
@@ -96,14 +97,14 @@ def test_a_queued_job_of_a_series_that_grows_again_is_superseded_before_it_runs(
     t0 = utcnow() - dt.timedelta(seconds=60)
     receive(database, SERIES, SERIES + ".1", t0)
     ingest.release_series(database, {SERIES: None}, now=t0)
-    (waiting,) = queue.enqueue_settled(database, POLICY)
+    (waiting,) = queue.enqueue_settled(database, POLICY, ROUTE)
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))
     ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=1))
-    (newer,) = queue.enqueue_settled(database, POLICY)
+    (newer,) = queue.enqueue_settled(database, POLICY, ROUTE)
     with database.read() as session:
         assert session.get(Job, waiting).state == "superseded"
         assert session.get(Job, newer).supersedes_job_id is None, "nothing of the series was processed yet"
-    claimed = queue.claim(database, "w", POLICY, "m", "1")
+    claimed = queue.claim(database, "w", POLICY, MODELS)
     assert claimed is not None and claimed.id == newer and claimed.superseded == ()
 
 
@@ -111,15 +112,15 @@ def test_a_superseding_job_waits_until_the_job_it_replaces_has_finished(database
     t0 = utcnow() - dt.timedelta(seconds=60)
     receive(database, SERIES, SERIES + ".1", t0)
     ingest.release_series(database, {SERIES: None}, now=t0)
-    queue.enqueue_settled(database, POLICY)
-    running = queue.claim(database, "w1", POLICY, "m", "1")
+    queue.enqueue_settled(database, POLICY, ROUTE)
+    running = queue.claim(database, "w1", POLICY, MODELS)
     assert running is not None
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))
     ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=1))
-    (newer,) = queue.enqueue_settled(database, POLICY)
-    assert queue.claim(database, "w2", POLICY, "m", "1") is None, "its results are not known yet"
+    (newer,) = queue.enqueue_settled(database, POLICY, ROUTE)
+    assert queue.claim(database, "w2", POLICY, MODELS) is None, "its results are not known yet"
     assert queue.complete(database, running.id, "w1", [], ["pacs"])
-    claimed = queue.claim(database, "w2", POLICY, "m", "1")
+    claimed = queue.claim(database, "w2", POLICY, MODELS)
     assert claimed is not None and claimed.id == newer
     with database.read() as session:
         assert session.scalar(select(Delivery)) is None

@@ -23,6 +23,10 @@ from worker.runner import RunnerConfig, Worker
 POLICY = queue.QueuePolicy(settle_seconds=0, max_attempts=2, backoff_seconds=0)
 
 
+def ROUTE(series: queue.SettledSeries) -> queue.Routing:  # noqa: N802 - a constant of the tests
+    return queue.Routing(("demo",))
+
+
 @pytest.fixture(scope="module")
 def runtime() -> UNetRuntime:
     return UNetRuntime(load_spec(), device="cpu")
@@ -40,12 +44,12 @@ def store(db: Database, root: Path, paths: list[Path]) -> None:
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
             str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
         ingest.release_series(db, {ds.SeriesInstanceUID: None}, now=past)
-    queue.enqueue_settled(db, POLICY)
+    queue.enqueue_settled(db, POLICY, ROUTE)
 
 
 def run(db: Database, root: Path, runtime: UNetRuntime) -> Job:
     pipeline = Pipeline(runtime, PipelineConfig(root))
-    assert Worker(db, POLICY, pipeline, RunnerConfig(("pacs",)), name="test-worker").run_one()
+    assert Worker(db, POLICY, {"demo": pipeline}, RunnerConfig(("pacs",)), name="test-worker").run_one()
     with db.read() as session:
         return session.scalars(select(Job).order_by(Job.id.desc())).first()
 
@@ -122,7 +126,7 @@ def test_nothing_found_gives_an_sr_that_says_so_or_nothing_as_configured(
     spec = load_spec(strict)
     pipeline = Pipeline(UNetRuntime(spec, device="cpu"),
                         PipelineConfig(tmp_path / "root", OutputSettings(when_nothing_found=when)))
-    assert Worker(database, POLICY, pipeline, RunnerConfig(("pacs",)), name="w").run_one()
+    assert Worker(database, POLICY, {"demo": pipeline}, RunnerConfig(("pacs",)), name="w").run_one()
     with database.read() as session:
         job = session.scalars(select(Job)).one()
         results = session.scalars(select(Result)).all()

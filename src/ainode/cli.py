@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from ainode.config import Settings
     from ainode.status import StatusServer
     from db.engine import Database
+    from worker.models.spec import ModelSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -119,7 +120,18 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
         _serve(settings, db, config)
 
 
+def _describe_models(settings: Settings) -> dict[str, ModelSpec]:
+    """Every configured model's description (cheap: no model is loaded), or start-up refused naming it."""
+    from worker.models import registry
+
+    try:
+        return {entry.name: registry.describe(entry) for entry in settings.model_entries()}
+    except ConfigurationError as exc:
+        _fail(str(exc))
+
+
 def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
+    from ainode.routing import by_modality
     from ainode.supervise import WorkerPool
     from pacs_node.dispatch import Dispatcher
     from pacs_node.node import Node
@@ -129,7 +141,7 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     _stop_on_signals(stop)
     dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, settings.destination_map(),
                             settings.delivery_policy(), name=f"sender:{os.getpid()}")
-    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher)
+    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(_describe_models(settings)))
     try:
         node.start()
     except OSError as exc:
@@ -138,15 +150,20 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     workers = WorkerPool(_worker_command(config), settings.worker.count)
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
              settings.node.port, settings.worker.count)
+    refused = False
     try:
         while not stop.wait(1.0):
-            workers.restart_exited()
+            if not workers.restart_exited():
+                refused = True
+                break
     finally:
         if page is not None:
             page.stop()
         node.stop()
         workers.stop()
         log.info("ainode stopped")
+    if refused:
+        raise typer.Exit(2)
 
 
 def _status_page(settings: Settings, db: Database, port: int) -> StatusServer:
@@ -184,26 +201,28 @@ def worker(config: ConfigOption = None, verbose: bool = False,
                                                              "started this worker: stop when it is gone")] = None,
            ) -> None:
     """Run one worker: claims jobs from the database and processes them (run several on several machines)."""
-    from worker.models.spec import load_spec
-    from worker.models.unet import UNetRuntime
+    from worker.models import registry
     from worker.pipeline import Pipeline, PipelineConfig
     from worker.runner import RunnerConfig, Worker
 
     _logging(verbose)
     with _opened(config) as (settings, db):
-        try:
-            runtime = UNetRuntime(load_spec(settings.worker.model), settings.worker.device, settings.worker.threads)
-        except ConfigurationError as exc:
-            _fail(str(exc))
-        pipeline = Pipeline(runtime, PipelineConfig(settings.storage.root.resolve(), settings.output_settings(),
-                                                    settings.worker.interpolate_missing_slices))
+        pipelines = {}
+        for entry in settings.model_entries():
+            try:
+                runtime = registry.load(entry, settings.worker.threads)
+            except ConfigurationError as exc:
+                _fail(str(exc))
+            pipelines[entry.name] = Pipeline(runtime, PipelineConfig(
+                settings.storage.root.resolve(), settings.output_settings(entry.name),
+                settings.worker.interpolate_missing_slices))
         stop = threading.Event()
         _stop_on_signals(stop)
         if supervisor is not None:
             from ainode.supervise import watch_parent
 
             watch_parent(supervisor, stop)
-        Worker(db, settings.queue_policy(), pipeline,
+        Worker(db, settings.queue_policy(), pipelines,
                RunnerConfig(tuple(settings.delivery.result_destinations), settings.worker.poll_seconds)).run(stop)
 
 
@@ -242,6 +261,24 @@ def retry(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigO
     if not requeued:
         _fail(f"job {job_id} does not exist or is still queued or running")
     console.print(f"job {job_id} queued again")
+
+
+@app.command()
+def models(config: ConfigOption = None) -> None:
+    """List the configured models: kind, the input each expects, labels with their codes, weights, device."""
+    from ainode.views import models_table
+    from worker.models.registry import resolved_device
+
+    settings = _settings(config)
+    described = _describe_models(settings)
+    rows = []
+    for entry in settings.model_entries():
+        spec = described[entry.name]
+        try:
+            rows.append((entry.name, entry.kind, resolved_device(entry.device), spec, spec.weights_digest()))
+        except ConfigurationError as exc:
+            _fail(str(exc))
+    console.print(models_table(rows))
 
 
 @app.command("check-config")

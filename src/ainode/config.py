@@ -23,6 +23,7 @@ from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
 from pacs_node.dispatch import Destination
 from pacs_node.scp import ReceiverConfig
+from worker.models.registry import Kind, ModelEntry
 from worker.results.identity import OutputSettings
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire without backslash
@@ -77,20 +78,39 @@ class QueueSection(_Section):
     backoff_max_seconds: float = Field(600.0, ge=0)
 
 
+def _device(value: str) -> str:
+    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+        raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
+
 class WorkerSection(_Section):
-    model: Path | None = None
-    device: str = "auto"
+    device: Device = "auto"  # for every model that names none
     count: int = Field(1, ge=0, le=64)
     threads: int | None = Field(None, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
     interpolate_missing_slices: int = Field(0, ge=0, le=3)
 
-    @field_validator("device")
-    @classmethod
-    def _device(cls, value: str) -> str:
-        if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
-            raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
-        return value
+
+class ModelSection(_Section):
+    """One model the node runs: ``[models.NAME]``. Output keys left unset take ``[output]``'s."""
+
+    kind: Kind = "ainode"
+    path: Path | None = None  # the model's file or folder; None (kind ainode): the bundled demo model
+    device: Device | None = None  # None: worker.device
+    seg_series_number: int | None = Field(None, ge=1)
+    sr_series_number: int | None = Field(None, ge=1)
+    seg_series_description: str | None = Field(None, max_length=64)
+    sr_series_description: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _path(self) -> "ModelSection":
+        if self.path is None and self.kind != "ainode":
+            raise ValueError(f"path: a {self.kind} model needs the path of its folder or file")
+        return self
 
 
 class DestinationSection(_Section):
@@ -129,10 +149,20 @@ class Settings(BaseSettings):
     database: DatabaseSection = DatabaseSection()
     queue: QueueSection = QueueSection()
     worker: WorkerSection = WorkerSection()
+    models: dict[str, ModelSection] = {"demo": ModelSection()}
     destinations: dict[str, DestinationSection] = {}
     delivery: DeliverySection = DeliverySection()
     output: OutputSection = OutputSection()
     status: StatusSection = StatusSection()
+
+    @model_validator(mode="after")
+    def _models(self) -> "Settings":
+        if not self.models:
+            raise ValueError("models: configure at least one model ([models.NAME])")
+        for name in self.models:
+            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
+                raise ValueError(f"models.{name}: a model name is 1 to 64 letters, digits, '_', '.' or '-'")
+        return self
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> "Settings":
@@ -173,11 +203,16 @@ class Settings(BaseSettings):
     def destination_map(self) -> dict[str, Destination]:
         return {name: Destination(name, d.host, d.port, d.ae_title) for name, d in self.destinations.items()}
 
-    def output_settings(self) -> OutputSettings:
+    def model_entries(self) -> list[ModelEntry]:
+        return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]
+
+    def output_settings(self, model: str | None = None) -> OutputSettings:
         o = self.output
-        return OutputSettings(seg_series_number=o.seg_series_number, sr_series_number=o.sr_series_number,
-                              seg_series_description=o.seg_series_description,
-                              sr_series_description=o.sr_series_description,
+        m = self.models[model] if model is not None else ModelSection()
+        return OutputSettings(seg_series_number=m.seg_series_number or o.seg_series_number,
+                              sr_series_number=m.sr_series_number or o.sr_series_number,
+                              seg_series_description=m.seg_series_description or o.seg_series_description,
+                              sr_series_description=m.sr_series_description or o.sr_series_description,
                               rejection_series_number=o.rejection_series_number,
                               rejection_series_description=o.rejection_series_description,
                               device_serial_number=self.node.ae_title, when_nothing_found=o.when_nothing_found)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 log = logging.getLogger("ainode.supervise")
 
 _PR_SET_PDEATHSIG = 1
+REFUSED = 2  # the exit code of a command that refuses its configuration
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -35,11 +36,17 @@ class WorkerPool:
     def _spawn(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.command, preexec_fn=_die_with_parent)
 
-    def restart_exited(self) -> None:
+    def restart_exited(self) -> bool:
+        """Start a new worker for each that exited; False when one refused to start (its configuration or a
+        model is wrong: exit code 2), since another would refuse too."""
         for n, process in enumerate(self.processes):
+            if process.poll() == REFUSED:
+                log.error("worker %d refused to start (see its message above); stopping", process.pid)
+                return False
             if process.poll() is not None:
                 log.warning("worker %d exited with %s; starting another", process.pid, process.returncode)
                 self.processes[n] = self._spawn()
+        return True
 
     def stop(self, timeout: float = 30.0) -> None:
         for process in self.processes:

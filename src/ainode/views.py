@@ -8,6 +8,7 @@ from rich.text import Text
 
 from db.monitor import JobDetail, JobRow
 from db.states import JobState
+from worker.models.spec import ModelSpec
 
 STATE_STYLE: dict[str, str] = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.REJECTED: "magenta",
                                JobState.RUNNING: "cyan", JobState.QUEUED: "yellow", JobState.SUPERSEDED: "dim"}
@@ -57,3 +58,18 @@ def job_view(detail: JobDetail) -> Group:
         outputs.add_row(f"→ {d.kind}", d.destination, d.state, str(d.attempts),
                         f"0x{d.last_status:04X}" if d.last_status is not None else "", d.error or "")
     return Group(head, events, outputs)
+
+
+def models_table(models: list[tuple[str, str, str, ModelSpec, str]]) -> Table:
+    """``ainode models``: (name, kind, device, description, weights digest) of each configured model."""
+    table = Table(title="ainode models", expand=False)
+    for column in ("name", "kind", "model", "input", "labels (code)", "weights sha256", "device"):
+        table.add_column(column, overflow="fold")
+    for name, kind, device, spec, digest in models:
+        channels = ", ".join(spec.channels) if spec.channels else "1 channel"
+        spacing = f", {'x'.join(f'{v:g}' for v in spec.spacing)} mm" if spec.spacing else ""
+        labels = "\n".join(f"{label.value} {label.name} ({label.type.scheme} {label.type.value} "
+                           f"{label.type.meaning})" for label in spec.labels)
+        table.add_row(name, kind, f"{spec.name} {spec.version}", f"{spec.modality}, {channels}{spacing}, "
+                      f"≥ {spec.min_slices} slices", labels, digest[:16] + "…", device)
+    return table

@@ -39,7 +39,8 @@ class Study(Base):
 
 
 class Series(Base):
-    """A received series. ``state`` is ``receiving`` until it settles, then ``queued`` (a job exists).
+    """A received series. ``state`` is ``receiving`` until it settles, then ``queued`` (its jobs exist) or
+    ``not-routed`` (no model takes it; ``routing_note`` says why).
 
     ``incomplete_reason`` says why the last transfer may have left the series partial (an aborted or lost
     association, a failure status, a node restart): such a series waits longer for the sender's retry.
@@ -59,6 +60,7 @@ class Series(Base):
     last_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     incomplete_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    routing_note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why no model takes it
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
@@ -100,6 +102,7 @@ class Job(Base):
     state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    device: Mapped[str | None] = mapped_column(String(32), nullable=True)  # where the latest attempt ran
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     not_before: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

@@ -9,6 +9,7 @@ retried with exponential backoff until ``max_attempts``; rejected input is never
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -47,6 +48,7 @@ class ClaimedJob:
     modality: str
     instance_paths: tuple[str, ...]
     superseded: tuple[ResultFile, ...] = ()  # results of the job this one replaces that reached a destination
+    model: str = ""  # the configured name of the model that runs it
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,34 @@ class ResultFile:
     path: str
 
 
+@dataclass(frozen=True)
+class SettledSeries:
+    """What routing looks at when a series has settled."""
+
+    series_instance_uid: str
+    modality: str
+    series_description: str
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class Routing:
+    """The models a series goes to, or, when none, why (each candidate's first reason), for people."""
+
+    models: tuple[str, ...]
+    reason: str = ""
+
+
+Router = Callable[[SettledSeries], Routing]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model a worker has loaded: the version it runs and the device it runs on (recorded on the job)."""
+
+    version: str
+    device: str
+
 REJECTION_NOTE = "KO"  # the kind of result that retracts a superseded job's results
 _REACHED = (DeliveryState.DELIVERED, DeliveryState.SENDING)  # a destination that has, or may have, the object
 
@@ -68,10 +98,11 @@ def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, 
                     attempt=job.attempts, at=utcnow())
 
 
-def enqueue_settled(db: Database, policy: QueuePolicy, now: dt.datetime | None = None) -> list[int]:
-    """Create a job for every series whose association was released and that then stayed quiet: for
-    ``settle_seconds``, or ``incomplete_settle_seconds`` when the transfer may have left it partial, so a
-    sender's retry comes before any result. A series that grew after its results were made gets a job that
+def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.datetime | None = None) -> list[int]:
+    """Create a job per model ``route`` gives for every series whose association was released and that then
+    stayed quiet: for ``settle_seconds``, or ``incomplete_settle_seconds`` when the transfer may have left
+    it partial, so a sender's retry comes before any result. A series no model takes is recorded as not
+    routed, with the reason. A series that grew after its results were made gets, per model, a job that
     supersedes the previous one."""
     now = now or utcnow()
     complete = now - dt.timedelta(seconds=policy.settle_seconds)
@@ -88,23 +119,30 @@ def enqueue_settled(db: Database, policy: QueuePolicy, now: dt.datetime | None =
             ).with_for_update(skip_locked=True)
         ).all()
         for series in settled:
-            series.state = SeriesState.QUEUED
-            job = Job(series=series, state=JobState.QUEUED, max_attempts=policy.max_attempts, not_before=now,
-                      created_at=now, supersedes=_replace_earlier_jobs(session, series, now))
-            session.add(job)
-            session.flush()
-            how = f"after an incomplete transfer ({series.incomplete_reason})" if series.incomplete_reason else ""
-            replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
-            session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
-                               + (f" {how}" if how else "") + replaces))
-            created.append(job.id)
+            routing = route(SettledSeries(series.series_instance_uid, series.modality, series.series_description,
+                                          series.instance_count))
+            if not routing.models:
+                series.state, series.routing_note = SeriesState.NOT_ROUTED, routing.reason or "no model takes it"
+                continue
+            series.state, series.routing_note = SeriesState.QUEUED, None
+            how = f" after an incomplete transfer ({series.incomplete_reason})" if series.incomplete_reason else ""
+            for model in routing.models:
+                job = Job(series=series, model=model, state=JobState.QUEUED, max_attempts=policy.max_attempts,
+                          not_before=now, created_at=now, supersedes=_replace_earlier_jobs(session, series, model, now))
+                session.add(job)
+                session.flush()
+                replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
+                session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
+                                   f"{how}{replaces}"))
+                created.append(job.id)
     return created
 
 
-def _replace_earlier_jobs(session: Session, series: Series, now: dt.datetime) -> Job | None:
-    """The series' jobs not yet started end ``superseded``; the latest one that made or is making results
-    is the one a new job supersedes."""
-    earlier = session.scalars(select(Job).where(Job.series_id == series.id).order_by(Job.id.desc())).all()
+def _replace_earlier_jobs(session: Session, series: Series, model: str, now: dt.datetime) -> Job | None:
+    """The series' jobs of this model not yet started end ``superseded``; the latest one that made or is
+    making results is the one a new job supersedes."""
+    earlier = session.scalars(select(Job).where(Job.series_id == series.id, Job.model == model)
+                              .order_by(Job.id.desc())).all()
     for job in earlier:
         if job.state == JobState.QUEUED:
             job.state, job.finished_at = JobState.SUPERSEDED, now
@@ -112,16 +150,18 @@ def _replace_earlier_jobs(session: Session, series: Series, now: dt.datetime) ->
     return next((job for job in earlier if job.state in (JobState.RUNNING, JobState.SUCCEEDED)), None)
 
 
-def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_version: str) -> ClaimedJob | None:
-    """Take the oldest runnable job (queued and due, or running with an expired lease), or None."""
+def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, Loaded]) -> ClaimedJob | None:
+    """Take the oldest runnable job of one of the models this worker has loaded: queued and due, or running
+    with an expired lease; None when there is none."""
     now = utcnow()
     with db.transaction() as session:
         candidates = session.scalars(
             select(Job).where(
+                Job.model.in_(list(models)),
                 or_(
                     and_(Job.state == JobState.QUEUED, Job.not_before <= now),
                     and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
-                )
+                ),
             ).order_by(Job.id).limit(5).with_for_update(skip_locked=True)
         ).all()
         for job in candidates:
@@ -140,14 +180,15 @@ def claim(db: Database, worker: str, policy: QueuePolicy, model: str, model_vers
             job.lease_owner = worker
             job.lease_expires_at = now + dt.timedelta(seconds=policy.lease_seconds)
             job.started_at = job.started_at or now
-            job.model, job.model_version = model, model_version
+            job.model_version, job.device = models[str(job.model)].version, models[str(job.model)].device
             session.add(_event(job, Event.CLAIMED, f"attempt {job.attempts} of {job.max_attempts}", worker=worker))
             series = job.series
             paths = session.scalars(
                 select(Instance.path).where(Instance.series_id == series.id).order_by(Instance.id)
             ).all()
             return ClaimedJob(job.id, job.attempts, series.series_instance_uid, series.study.study_instance_uid,
-                              series.modality, tuple(paths), _reached_a_destination(session, job.supersedes))
+                              series.modality, tuple(paths), _reached_a_destination(session, job.supersedes),
+                              model=str(job.model))
     return None
 
 

@@ -8,7 +8,8 @@ from enum import StrEnum
 
 class SeriesState(StrEnum):
     RECEIVING = "receiving"  # instances may still arrive
-    QUEUED = "queued"  # settled: its job exists
+    QUEUED = "queued"  # settled: its jobs exist
+    NOT_ROUTED = "not-routed"  # settled, and no model takes it (the series says why)
 
 
 class JobState(StrEnum):

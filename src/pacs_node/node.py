@@ -16,11 +16,12 @@ log = logging.getLogger("ainode.node")
 
 class Node:
     def __init__(self, receiver: scp.ReceiverConfig, db: Database, policy: queue.QueuePolicy,
-                 dispatcher: Dispatcher) -> None:
+                 dispatcher: Dispatcher, route: queue.Router) -> None:
         self.receiver = scp.Receiver(receiver, db)
         self.db = db
         self.policy = policy
         self.dispatcher = dispatcher
+        self.route = route
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server = None
@@ -28,7 +29,7 @@ class Node:
     def _settle(self) -> None:
         def step() -> bool:
             self.receiver.record_pending_releases()
-            for job_id in queue.enqueue_settled(self.db, self.policy):
+            for job_id in queue.enqueue_settled(self.db, self.policy, self.route):
                 log.info("queued job %d", job_id)
             return False  # look again after the interval
 

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from training.phantom import PhantomCase, make_case
 from worker.models.grid import image_from_array, labels_to_model_space, to_model_space
-from worker.models.spec import ModelSpec
+from worker.models.spec import UNetSpec
 
 
 def progress() -> Progress:
@@ -26,7 +26,7 @@ def case_images(seed: int, matrix: int) -> tuple[PhantomCase, sitk.Image, sitk.I
     return case, image, labels
 
 
-def build_training_set(spec: ModelSpec, seeds: list[int], matrix: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def build_training_set(spec: UNetSpec, seeds: list[int], matrix: int) -> list[tuple[np.ndarray, np.ndarray]]:
     cases = []
     with progress() as bar:
         task = bar.add_task("phantoms", total=len(seeds), info="")

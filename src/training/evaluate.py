@@ -11,13 +11,13 @@ from training.cases import case_images, progress
 from training.metrics import dice
 from worker.models.postprocess import clean
 from worker.models.runtime import segment
-from worker.models.spec import ModelSpec
+from worker.models.spec import UNetSpec
 from worker.models.unet import UNetRuntime
 
 EVALUATION_SEED_BASE = 1_000_000  # evaluation phantoms never overlap the training seeds
 
 
-def evaluate(spec: ModelSpec, cases: int = 5, seed: int = 0, device: str = "auto",
+def evaluate(spec: UNetSpec, cases: int = 5, seed: int = 0, device: str = "auto",
              matrix: int = 256) -> dict[str, list[float]]:
     """Per-label Dice of the full inference path on fresh phantoms, scored on the source grid."""
     runtime = UNetRuntime(spec, device=device)

@@ -16,7 +16,7 @@ import torch
 from monai.losses import DiceFocalLoss
 
 from training.cases import build_training_set, progress
-from worker.models.spec import ModelSpec
+from worker.models.spec import UNetSpec
 from worker.models.unet import build_network
 
 
@@ -46,7 +46,7 @@ class TrainingReport:
     final_loss: float
 
 
-def train(spec: ModelSpec, out: Path, cases: int = 40, steps: int = 800, batch: int = 2,
+def train(spec: UNetSpec, out: Path, cases: int = 40, steps: int = 800, batch: int = 2,
           patch: tuple[int, int, int] = (80, 80, 80), lr: float = 2e-3, seed: int = 0,
           matrix: int = 192, threads: int | None = None,
           log: Callable[[str], None] = print) -> TrainingReport:

@@ -1,4 +1,5 @@
-"""The worker loop: claim a job, keep its lease alive while processing it, record the outcome."""
+"""The worker loop: claim a job of one of its models, keep its lease alive while that model's pipeline
+processes it, record the outcome."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from db import queue
@@ -28,11 +30,13 @@ class RunnerConfig:
 
 
 class Worker:
-    def __init__(self, db: Database, policy: queue.QueuePolicy, pipeline: Pipeline, config: RunnerConfig,
-                 name: str | None = None) -> None:
+    def __init__(self, db: Database, policy: queue.QueuePolicy, pipelines: Mapping[str, Pipeline],
+                 config: RunnerConfig, name: str | None = None) -> None:
+        """``pipelines``: one per configured model name, each with its loaded runtime."""
         self.db = db
         self.policy = policy
-        self.pipeline = pipeline
+        self.pipelines = dict(pipelines)
+        self.loaded = {model: queue.Loaded(p.spec.version, p.runtime.device) for model, p in self.pipelines.items()}
         self.config = config
         self.name = name or worker_name()
 
@@ -47,11 +51,10 @@ class Worker:
 
     def run_one(self) -> bool:
         """Process the next job, if any; True when one was processed."""
-        spec = self.pipeline.spec
-        job = queue.claim(self.db, self.name, self.policy, spec.name, spec.version)
+        job = queue.claim(self.db, self.name, self.policy, self.loaded)
         if job is None:
             return False
-        log.info("job %d: series %s, attempt %d", job.id, job.series_instance_uid, job.attempt)
+        log.info("job %d: series %s, model %s, attempt %d", job.id, job.series_instance_uid, job.model, job.attempt)
         done = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job.id, done), daemon=True)
         beat.start()
@@ -61,7 +64,7 @@ class Worker:
 
         try:
             try:
-                results = self.pipeline.process(job, report)
+                results = self.pipelines[job.model].process(job, report)
             finally:
                 done.set()
         except RejectedInput as exc:
@@ -79,5 +82,7 @@ class Worker:
         return True
 
     def run(self, stop: threading.Event) -> None:
-        log.info("worker %s ready (%s %s)", self.name, self.pipeline.spec.name, self.pipeline.spec.version)
+        models = ", ".join(f"{model}: {p.spec.name} {p.spec.version} on {p.runtime.device}"
+                           for model, p in self.pipelines.items())
+        log.info("worker %s ready (%s)", self.name, models)
         poll(self.run_one, stop, self.config.poll_seconds, log, "the queue is not reachable")

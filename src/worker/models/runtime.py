@@ -30,8 +30,11 @@ class ModelOutput:
 class Runtime(Protocol):
     """A loaded model, ready to run on the device it names."""
 
-    spec: ModelSpec
-    device: str
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    @property
+    def device(self) -> str: ...
 
     def infer(self, image: sitk.Image) -> ModelOutput: ...
 

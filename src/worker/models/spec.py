@@ -91,24 +91,65 @@ class InferenceSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    """What every kind of model says about itself: what it takes, what its labels mean, which weights.
+    Each runtime kind fills it from its own files (``model.toml``, a bundle's metadata, ``dataset.json``)."""
+
     name: str = Field(min_length=1, max_length=64)
     version: str = Field(min_length=1, max_length=64)
     description: str = ""
     modality: Literal["CT", "MR", "PT"] = "CT"
     min_slices: int = Field(16, ge=1)
     weights: str = "weights.pt"
-    architecture: ArchitectureSpec = ArchitectureSpec()
-    preprocess: PreprocessSpec = PreprocessSpec()
-    inference: InferenceSpec = InferenceSpec()
+    channels: tuple[str, ...] = ()  # names of the input channels when there are several
     labels: tuple[LabelSpec, ...]
     path: Path = Field(Path("."), exclude=True)
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """The grid (mm) the model resamples to, when it has one of its own."""
+        return None
 
     @model_validator(mode="after")
     def _labels(self) -> "ModelSpec":
         values = [label.value for label in self.labels]
         if not values:
             raise ValueError("a model needs at least one label")
-        if sorted(values) != list(range(1, len(values) + 1)):
+        if len(set(values)) != len(values):
+            raise ValueError(f"label values {values} must each appear once")
+        return self
+
+    @property
+    def weights_path(self) -> Path:
+        return (self.path.parent / self.weights).resolve()
+
+    def weight_files(self) -> list[Path]:
+        """The files that hold the weights (a kind with several, e.g. nnU-Net folds, lists them all)."""
+        return [self.weights_path]
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the weights: identifies exactly which model made a result."""
+        digest = hashlib.sha256()
+        for path in self.weight_files():
+            try:
+                with open(path, "rb") as fh:
+                    for block in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(block)
+            except FileNotFoundError as exc:
+                raise ConfigurationError(f"model {self.name}: weights {str(path)!r} do not exist") from exc
+        return digest.hexdigest()
+
+
+class UNetSpec(ModelSpec):
+    """The ``ainode`` kind's ``model.toml``: a MONAI ``UNet``, its preprocessing and sliding window."""
+
+    architecture: ArchitectureSpec = ArchitectureSpec()
+    preprocess: PreprocessSpec = PreprocessSpec()
+    inference: InferenceSpec = InferenceSpec()
+
+    @model_validator(mode="after")
+    def _consecutive(self) -> "UNetSpec":
+        values = sorted(label.value for label in self.labels)
+        if values != list(range(1, len(values) + 1)):
             raise ValueError(f"label values {values} must be 1..{len(values)}, each once")
         return self
 
@@ -117,19 +158,11 @@ class ModelSpec(_Strict):
         return len(self.labels) + 1
 
     @property
-    def weights_path(self) -> Path:
-        return (self.path.parent / self.weights).resolve()
-
-    def weights_digest(self) -> str:
-        """SHA-256 of the weights file: identifies exactly which model made a result."""
-        digest = hashlib.sha256()
-        with open(self.weights_path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+    def spacing(self) -> tuple[float, float, float] | None:
+        return self.preprocess.spacing
 
 
-def load_spec(path: Path | str | None = None) -> ModelSpec:
+def load_spec(path: Path | str | None = None) -> UNetSpec:
     """Read and validate a model file; the bundled demo model when no path is given."""
     path = Path(path) if path else DEMO_MODEL
     try:
@@ -139,7 +172,7 @@ def load_spec(path: Path | str | None = None) -> ModelSpec:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"model file {str(path)!r} is not valid TOML: {exc}") from exc
     try:
-        spec = ModelSpec.model_validate({**raw, "path": path.resolve()})
+        spec = UNetSpec.model_validate({**raw, "path": path.resolve()})
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])

@@ -15,10 +15,10 @@ from monai.networks.nets import UNet
 from db.errors import ConfigurationError
 from worker.models.grid import to_model_space
 from worker.models.runtime import ModelOutput, choose_device
-from worker.models.spec import ModelSpec
+from worker.models.spec import UNetSpec
 
 
-def build_network(spec: ModelSpec) -> torch.nn.Module:
+def build_network(spec: UNetSpec) -> torch.nn.Module:
     arch = spec.architecture
     return UNet(
         spatial_dims=3,
@@ -35,7 +35,7 @@ def build_network(spec: ModelSpec) -> torch.nn.Module:
 class UNetRuntime:
     """A loaded ``UNet`` with its model file: the first implementation of ``runtime.Runtime``."""
 
-    def __init__(self, spec: ModelSpec, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(self, spec: UNetSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
         self.device = choose_device(device, torch.cuda.is_available())
         if threads:

@@ -28,8 +28,10 @@ def algorithm(spec: ModelSpec) -> hd.AlgorithmIdentificationSequence:
                                               version=spec.version)
 
 
-def software_versions(spec: ModelSpec) -> list[str]:
-    return [f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"]
+def software_versions(spec: ModelSpec, identity: ResultIdentity) -> list[str]:
+    """ainode's version, the model's, and its weights (the start of their SHA-256: 64 characters at most)."""
+    versions = [f"ainode {SOFTWARE_VERSION}", f"{spec.name} {spec.version}"[:64]]
+    return versions + ([f"weights sha256:{identity.weights_digest[:40]}"] if identity.weights_digest else [])
 
 
 def contributing_equipment(spec: ModelSpec, identity: ResultIdentity,
@@ -40,7 +42,7 @@ def contributing_equipment(spec: ModelSpec, identity: ResultIdentity,
         manufacturer=settings.manufacturer,
         purpose_of_reference=PROCESSING_EQUIPMENT,
         manufacturer_model_name=spec.name[:64],
-        software_versions=software_versions(spec),
+        software_versions=software_versions(spec, identity),
         device_serial_number=identity.device_uid,
         station_name=settings.device_serial_number[:16],
         contribution_description=f"segmentation by {spec.name} {spec.version}"[:64],

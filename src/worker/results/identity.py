@@ -50,6 +50,7 @@ class ResultIdentity:
     sr_series_instance_uid: str
     sr_sop_instance_uid: str
     device_uid: str
+    weights_digest: str = ""
 
 
 def result_identity(spec: ModelSpec, weights_digest: str, source_sop_instance_uids: list[str]) -> ResultIdentity:
@@ -65,4 +66,5 @@ def result_identity(spec: ModelSpec, weights_digest: str, source_sop_instance_ui
         sr_series_instance_uid=uid("SR series"),
         sr_sop_instance_uid=uid("SR instance"),
         device_uid=stable_uid("ainode device", *model),
+        weights_digest=weights_digest,
     )

@@ -57,7 +57,7 @@ def build_segmentation(volume: Volume, sources: list[Dataset], findings: Finding
         instance_number=1,
         manufacturer=settings.manufacturer,
         manufacturer_model_name=spec.name[:64],
-        software_versions=software_versions(spec),  # type: ignore[arg-type]
+        software_versions=software_versions(spec, identity),  # type: ignore[arg-type]
         device_serial_number=settings.device_serial_number,
         content_label="AINODE",
         content_description=f"{spec.name} {spec.version}"[:64],
