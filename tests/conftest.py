@@ -224,12 +224,13 @@ class NodeProcess:
         self.status_port = int(overrides.pop("status_port", 0))  # type: ignore[call-overload]
         options = {"settle_seconds": 0.5, "incomplete_settle_seconds": 600.0, "lease_seconds": 10.0,
                    "max_attempts": 3, "backoff_seconds": 1.0, "workers": 1, "callers": '["STORESCU", "AINODE-DEMO"]',
-                   "pacs_ae": "PACS", "storage_root": root / "data", "extra": "", **overrides}
+                   "pacs_ae": "PACS", "storage_root": root / "data", "extra": "", "node_extra": "", **overrides}
         root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(f"""
 [node]
 port = {self.port}
 allowed_calling_ae_titles = {options['callers']}
+{options['node_extra']}
 [storage]
 root = "{options['storage_root']}"
 [database]
@@ -276,6 +277,15 @@ port = {self.status_port}
 
     def worker(self) -> subprocess.Popen[bytes]:
         return self._spawn("worker")
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS, VmHWM (kB) and Threads of the serving process, from /proc."""
+        out = {}
+        for line in Path(f"/proc/{self.processes[0].pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "Threads"):
+                out[key] = int(value.split()[0])
+        return out
 
     def database(self) -> Database:
         return Database(self.database_url)

@@ -44,7 +44,7 @@ def _fail(message: str) -> NoReturn:
 def _logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)-7s %(name)s [%(process)d] %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # its tracebacks quote peer bytes; ours log one line
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 

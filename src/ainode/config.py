@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from db.errors import ConfigurationError
 from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
+from pacs_node.connection import GuardConfig
 from pacs_node.dispatch import Destination
 from pacs_node.scp import ReceiverConfig
 from worker.models.registry import Kind, ModelEntry
@@ -51,6 +52,12 @@ class NodeSection(_Section):
     allowed_calling_ae_titles: list[AETitle] = ["STORESCU", "ORTHANC", "AINODE-DEMO"]
     maximum_pdu_size: int = Field(131072, ge=4096, le=4194304)
     network_timeout_seconds: float = Field(60.0, gt=0)
+    maximum_associations: int = Field(64, ge=1, le=1024)
+    maximum_negotiating: int = Field(64, ge=1, le=1024)
+    negotiation_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    maximum_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
+    maximum_inflated_bytes: int = Field(128 << 20, ge=1 << 20)
+    maximum_inflight_bytes: int = Field(2 << 30, ge=1 << 20)
 
     @field_validator("allowed_calling_ae_titles")
     @classmethod
@@ -187,8 +194,13 @@ class Settings(BaseSettings):
 
     def receiver(self) -> ReceiverConfig:
         n = self.node
+        limits = GuardConfig(
+            maximum_associations=n.maximum_associations, maximum_negotiating=n.maximum_negotiating,
+            negotiation_timeout=n.negotiation_timeout_seconds, network_timeout=n.network_timeout_seconds,
+            maximum_pdu_size=n.maximum_pdu_size, maximum_dataset_bytes=n.maximum_dataset_bytes,
+            maximum_inflated_bytes=n.maximum_inflated_bytes, maximum_inflight_bytes=n.maximum_inflight_bytes)
         return ReceiverConfig(n.ae_title, n.bind_address, n.port, tuple(n.allowed_calling_ae_titles),
-                              self.storage.root.resolve(), n.maximum_pdu_size, n.network_timeout_seconds)
+                              self.storage.root.resolve(), limits)
 
     def queue_policy(self) -> QueuePolicy:
         q = self.queue

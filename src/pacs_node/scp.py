@@ -2,19 +2,22 @@
 
 Every instance is on disk (fsync) and committed in the database before the success status goes back.
 Unknown calling AE titles are refused at association. The handlers never raise: each problem becomes a
-status on the wire with an ErrorComment, a log line, and the server keeps serving.
+status on the wire with an ErrorComment, a log line, and the server keeps serving; what cannot get a
+status (a command pynetdicom cannot serve, a peer too slow or too large) is aborted by the guard.
 """
 
 from __future__ import annotations
 
 import logging
+import socketserver
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -36,6 +39,9 @@ from db import ingest
 from db.engine import Database
 from db.errors import one_line
 from db.storage import InvalidUID, instance_path, write_atomic
+from pacs_node.connection import GuardConfig
+from pacs_node.decode import DatasetTooLarge, UndecodableElement, decode_dataset
+from pacs_node.guard import ConnectionGuard
 from pacs_node.logs import RefusalLog, printable
 from pacs_node.status import (
     CANNOT_UNDERSTAND,
@@ -71,8 +77,7 @@ class ReceiverConfig:
     port: int
     allowed_calling_ae_titles: tuple[str, ...]
     storage_root: Path
-    maximum_pdu_size: int = 131072
-    network_timeout: float = 60.0
+    limits: GuardConfig = field(default_factory=GuardConfig)
 
 
 class Receiver:
@@ -85,6 +90,7 @@ class Receiver:
         self._transfers: dict[int, Transfer] = {}
         self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
         self.refusals = RefusalLog(log)
+        self.guard = ConnectionGuard(config.limits)
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
@@ -107,8 +113,19 @@ class Receiver:
     def _store(self, event: Event) -> int | Dataset:
         calling = event.assoc.requestor.ae_title
         request = event.request
+        if self.guard.refused(event.assoc):
+            return with_comment(OUT_OF_RESOURCES, "association aborted")
+        limits = self.config.limits
         try:
-            ds = event.dataset
+            ds = decode_dataset(request.DataSet, UID(event.context.transfer_syntax), limits.maximum_dataset_bytes,
+                                limits.maximum_inflated_bytes)
+        except DatasetTooLarge as exc:
+            self.refusals.refused(calling, exc)
+            return with_comment(OUT_OF_RESOURCES, str(exc))
+        except UndecodableElement as exc:
+            self.refusals.refused(calling, exc)
+            return with_comment(CANNOT_UNDERSTAND, str(exc))
+        try:
             self._touch(event, series_of(ds)[1])  # from here on a refusal marks this series as possibly partial
             incoming = check(ds, request.AffectedSOPInstanceUID, request.AffectedSOPClassUID,
                              event.context.transfer_syntax)
@@ -190,10 +207,25 @@ class Receiver:
                 raise
 
 
+class GuardedServer(ThreadedAssociationServer):
+    """The threaded server with a listen backlog that holds a burst of senders (socketserver's is 5)."""
+
+    request_queue_size = 128
+
+    def shutdown(self) -> None:
+        """Stop serving and close the socket (the server was made, not started, by the AE)."""
+        socketserver.TCPServer.shutdown(self)
+        self.server_close()
+
+
 def make_ae(config: ReceiverConfig) -> AE:
+    limits = config.limits
     ae = AE(ae_title=config.ae_title)
-    ae.maximum_pdu_size = config.maximum_pdu_size
-    ae.network_timeout = config.network_timeout
+    ae.maximum_pdu_size = limits.maximum_pdu_size
+    ae.network_timeout = limits.network_timeout
+    ae.acse_timeout = limits.negotiation_timeout  # ARTIM, and the wait for the A-ASSOCIATE-RQ
+    # The guard limits established and negotiating associations apart; pynetdicom's own limit counts both.
+    ae.maximum_associations = limits.maximum_associations + limits.maximum_negotiating
     ae.require_called_aet = True
     ae.require_calling_aet = list(config.allowed_calling_ae_titles)
     ae.add_supported_context(Verification)
@@ -216,8 +248,9 @@ def serve(receiver: Receiver) -> ThreadedAssociationServer:
         (evt.EVT_RELEASED, receiver.handle_released),
         (evt.EVT_CONN_CLOSE, receiver.handle_close),
     ]
-    server = make_ae(config).start_server(
-        (config.bind_address, config.port), block=False, evt_handlers=handlers
-    )
+    server = make_ae(config).make_server((config.bind_address, config.port),
+                                         evt_handlers=receiver.guard.handlers() + handlers, server_class=GuardedServer)
+    receiver.guard.server = server
+    threading.Thread(target=server.serve_forever, name="ainode-receive", daemon=True).start()
     log.info("%s listening on %s:%d", config.ae_title, config.bind_address, config.port)
     return server
