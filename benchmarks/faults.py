@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +27,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--down-seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fuzz", choices=["full", "ci", "none"], default="full",
+                        help="hypothesis inputs per fuzz test: full 10,000, ci 1,000")
     args = parser.parse_args()
     scenarios = [
         ("kill -9 receiver", lambda root: kill_receiver(root, args.runs, args.seed)),
@@ -45,6 +48,15 @@ def main() -> int:
             tally = run(Path(tmp))
         print(f"{tally.row(name)}   ({time.monotonic() - start:.0f} s)", flush=True)
         clean &= tally.clean
+    if args.fuzz != "none":
+        start = time.monotonic()
+        fuzz = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                               str(TESTS / "faults" / "test_fuzz_receive.py")],
+                              env={**os.environ, "FUZZ_PROFILE": args.fuzz}, capture_output=True, text=True)
+        summary = [line for line in fuzz.stdout.splitlines() if "fuzz summary" in line or " passed" in line
+                   or " failed" in line]
+        print(f"fuzzing ({args.fuzz}): " + " | ".join(summary) + f"   ({time.monotonic() - start:.0f} s)")
+        clean &= fuzz.returncode == 0
     return 0 if clean else 1
 
 
