@@ -133,6 +133,7 @@ def _describe_models(settings: Settings) -> dict[str, ModelSpec]:
 def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     from ainode.routing import by_modality
     from ainode.supervise import WorkerPool
+    from db.engine import Database
     from pacs_node.dispatch import Dispatcher
     from pacs_node.node import Node
 
@@ -141,7 +142,10 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     _stop_on_signals(stop)
     dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, settings.destination_map(),
                             settings.delivery_policy(), name=f"sender:{os.getpid()}")
-    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(_describe_models(settings)))
+    receive_db = Database(settings.database_url, min(settings.node.database_wait_seconds,
+                                                     settings.database.busy_timeout_seconds))
+    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(_describe_models(settings)),
+                receive_db)
     try:
         node.start()
     except OSError as exc:
@@ -161,6 +165,7 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
             page.stop()
         node.stop()
         workers.stop()
+        receive_db.dispose()
         log.info("ainode stopped")
     if refused:
         raise typer.Exit(2)

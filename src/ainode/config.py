@@ -58,6 +58,7 @@ class NodeSection(_Section):
     maximum_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
     maximum_inflated_bytes: int = Field(128 << 20, ge=1 << 20)
     maximum_inflight_bytes: int = Field(2 << 30, ge=1 << 20)
+    database_wait_seconds: float = Field(0.8, gt=0, le=600)
 
     @field_validator("allowed_calling_ae_titles")
     @classmethod

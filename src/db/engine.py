@@ -46,8 +46,8 @@ class Database:
     """An engine and its session factory; passed to whoever needs the database, never global."""
 
     def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
-        """``busy_timeout``: how long a write waits for another process's lock (SQLite) before it fails;
-        the receiver then answers 0xA700 and the sender retries."""
+        """``busy_timeout``: how long a write waits for another process's lock (SQLite's busy timeout,
+        PostgreSQL's lock_timeout) before it fails; the receiver then answers 0xA700 and the sender retries."""
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
@@ -59,6 +59,8 @@ class Database:
             options["connect_args"] = {"timeout": busy_timeout, "check_same_thread": False}
         else:
             options["pool_pre_ping"] = True
+            if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+                options["connect_args"] = {"options": f"-c lock_timeout={int(busy_timeout * 1000)}"}
         self.url = url
         self.engine = create_engine(parsed, **options)
         if parsed.get_backend_name() == "sqlite":

@@ -16,8 +16,10 @@ log = logging.getLogger("ainode.node")
 
 class Node:
     def __init__(self, receiver: scp.ReceiverConfig, db: Database, policy: queue.QueuePolicy,
-                 dispatcher: Dispatcher, route: queue.Router) -> None:
-        self.receiver = scp.Receiver(receiver, db)
+                 dispatcher: Dispatcher, route: queue.Router, receive_db: Database | None = None) -> None:
+        """``receive_db``: the receiver's own connection to the database, which waits only briefly for a lock
+        so that every C-STORE is answered within a second (0xA700 when the database is held)."""
+        self.receiver = scp.Receiver(receiver, receive_db or db)
         self.db = db
         self.policy = policy
         self.dispatcher = dispatcher

@@ -317,7 +317,6 @@ def database_locked(root: Path) -> Tally:
 
     series = series_for_faults(root / "series", slices=60)
     node = NodeProcess(root / "node", free_port(), workers=0)
-    node.config.write_text(node.config.read_text().replace("[database]", "[database]\nbusy_timeout_seconds = 0.5"))
     tally = Tally()
     try:
         node.serve()
