@@ -61,7 +61,7 @@ def describe(entry: ModelEntry) -> ModelSpec:
 def load(entry: ModelEntry, threads: int | None = None) -> Runtime:
     """The model, loaded on its device and checked (weights that fit, a device that exists)."""
     spec = describe(entry)
-    runtime_class = cast(Callable[..., Runtime], _resolve(_kind(entry)[1]))
+    runtime_class = cast("Callable[..., Runtime]", _resolve(_kind(entry)[1]))
     try:
         return runtime_class(spec, device=entry.device, threads=threads)
     except ConfigurationError as exc:
