@@ -10,7 +10,6 @@ buffered whole whatever was negotiated. ``GuardedSocket`` is the one interventio
 
 from __future__ import annotations
 
-import logging
 import socket
 import struct
 import threading
@@ -19,9 +18,7 @@ from dataclasses import dataclass
 
 from pynetdicom.transport import AssociationSocket
 
-from pacs_node.logs import printable
-
-log = logging.getLogger("ainode.receive")
+from pacs_node.logs import RefusalLog, printable
 
 _PDU_TYPES = range(0x01, 0x08)
 _P_DATA_TF = 0x04
@@ -81,8 +78,9 @@ class GuardedSocket(AssociationSocket):
     budget: InflightBudget | None
     dataset_limit: int
     command_limit: int
+    refusals: RefusalLog
 
-    def arm(self, config: GuardConfig, budget: InflightBudget) -> None:
+    def arm(self, config: GuardConfig, budget: InflightBudget, refusals: RefusalLog) -> None:
         self.deadline = time.monotonic() + config.negotiation_timeout
         self.pdu_limit = config.maximum_request_pdu
         self.idle = config.network_timeout
@@ -91,6 +89,7 @@ class GuardedSocket(AssociationSocket):
         self.budget = budget
         self.dataset_limit = config.maximum_dataset_bytes
         self.command_limit = config.maximum_command_bytes
+        self.refusals = refusals
         self._body: int | None = None  # declared length of the PDU whose header was just read
         self._pdu_deadline = 0.0
 
@@ -98,8 +97,8 @@ class GuardedSocket(AssociationSocket):
         """Drop the connection now: an A-ABORT if the DUL is not mid-send, then shutdown."""
         if self.refused is None:
             self.refused = reason
-            log.warning("association from %s (%s) dropped: %s", printable(self.assoc.requestor.address),
-                        printable(self.assoc.requestor.ae_title or "?"), reason)
+            self.refusals.line(f"association from {printable(self.assoc.requestor.address)} "
+                               f"({printable(self.assoc.requestor.ae_title or '?', 16)}) dropped: {printable(reason)}")
         raw = self.socket
         if raw is None:
             return

@@ -10,7 +10,6 @@ command elements are empty without any response. Everything here hangs off publi
 
 from __future__ import annotations
 
-import logging
 import socket
 
 from pydicom.uid import UID
@@ -20,9 +19,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_node.connection import GuardConfig, GuardedSocket, InflightBudget
-from pacs_node.logs import printable
-
-log = logging.getLogger("ainode.receive")
+from pacs_node.logs import RefusalLog, printable
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
@@ -54,9 +51,10 @@ def _command_problem(cs: object, assoc: object) -> str | None:
 class ConnectionGuard:
     """The event handlers that apply a ``GuardConfig`` to every association of one server."""
 
-    def __init__(self, config: GuardConfig) -> None:
+    def __init__(self, config: GuardConfig, refusals: RefusalLog) -> None:
         self.config = config
         self.budget = InflightBudget(config.maximum_inflight_bytes)
+        self.refusals = refusals
         self.server: ThreadedAssociationServer | None = None
 
     def counts(self) -> tuple[int, int]:
@@ -100,7 +98,7 @@ class ConnectionGuard:
             return
         sock.__class__ = GuardedSocket
         guarded: GuardedSocket = sock
-        guarded.arm(self.config, self.budget)
+        guarded.arm(self.config, self.budget, self.refusals)
         sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.socket.settimeout(self.config.network_timeout)  # also bounds a send to a peer that never reads
         _, negotiating = self.counts()  # this connection's thread has not started: not counted yet
@@ -115,8 +113,8 @@ class ConnectionGuard:
         """
         established, _ = self.counts()
         if established >= self.config.maximum_associations:
-            log.warning("association from %s rejected: %d associations are established",
-                        printable(event.assoc.requestor.primitive.calling_ae_title), established)
+            self.refusals.line(f"association from {printable(event.assoc.requestor.primitive.calling_ae_title, 16)} "
+                               f"rejected: {established} associations are established")
             event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, presentation related, local limit
             event.assoc.kill()  # as pynetdicom's own rejection does: returns once the A-ASSOCIATE-RJ is out
 

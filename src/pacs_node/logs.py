@@ -29,6 +29,11 @@ class RefusalLog:
         self._held = 0
 
     def refused(self, calling_ae_title: str, reason: object) -> None:
+        """An instance refused: who sent it and why."""
+        self.line(f"refused an instance from {printable(calling_ae_title, 16)}: {printable(reason)}")
+
+    def line(self, text: str) -> None:
+        """One line (already escaped), unless the burst for this window is spent."""
         now = time.monotonic()
         with self._lock:
             if now - self._started > self.window:
@@ -40,4 +45,4 @@ class RefusalLog:
                 self._held += 1
                 return
             self._logged += 1
-        self.logger.warning("refused an instance from %s: %s", printable(calling_ae_title, 16), printable(reason))
+        self.logger.warning("%s", text)

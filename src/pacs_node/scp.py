@@ -90,7 +90,7 @@ class Receiver:
         self._transfers: dict[int, Transfer] = {}
         self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
         self.refusals = RefusalLog(log)
-        self.guard = ConnectionGuard(config.limits)
+        self.guard = ConnectionGuard(config.limits, self.refusals)
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
