@@ -75,9 +75,10 @@ def test_64_concurrent_senders_are_all_persisted(default_node: NodeProcess, tmp_
             path, enforce_file_format=True)
         files.append(path)
     senders = [subprocess.Popen([require("storescu"), "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
-                                 str(node.port), str(f)], stderr=subprocess.PIPE, text=True, env=DCMTK_ENV)
+                                 str(node.port), str(f)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=DCMTK_ENV)
                for f in files]
-    failed = [s.communicate(timeout=120)[1] for s in senders if s.wait(120) != 0]
+    failed = [s.communicate(timeout=120)[0] for s in senders if s.wait(120) != 0]
     assert failed == [], f"{len(failed)} of 64 failed: {failed[0][-500:]}"
     assert len(stored(node)) == 64
 

@@ -87,6 +87,10 @@ class Receiver:
         self.config = config
         self.db = db
         self._lock = threading.Lock()
+        # The receiver's writes take turns in this process (a thread waits here, in order, not in SQLite's
+        # busy loop), so the database wait, kept short to answer within a second, applies only to other
+        # processes holding the database.
+        self._writing = threading.Lock()
         self._transfers: dict[int, Transfer] = {}
         self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
         self.refusals = RefusalLog(log)
@@ -155,7 +159,8 @@ class Receiver:
             log.error("cannot write %s: %s", relative, exc)
             return with_comment(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
         try:
-            ingest.record_instance(self.db, incoming.received(str(relative), size, calling))
+            with self._writing:
+                ingest.record_instance(self.db, incoming.received(str(relative), size, calling))
         except SQLAlchemyError as exc:
             log.error("cannot record %s: %s", incoming.sop_instance_uid, one_line(exc))
             target.unlink(missing_ok=True)  # not acknowledged, so not kept: the sender sends it again
@@ -186,7 +191,8 @@ class Receiver:
                 log.warning("series %s may be partial: %s; it waits for the sender's retry", uid,
                             printable(reason))
         try:
-            ingest.release_series(self.db, outcomes)
+            with self._writing:
+                ingest.release_series(self.db, outcomes)
         except Exception as exc:
             log.error("cannot record the end of an association for %s (%s); trying again later", sorted(outcomes),
                       one_line(exc))
@@ -200,7 +206,8 @@ class Receiver:
             pending, self._unrecorded = self._unrecorded, []
         for n, outcomes in enumerate(pending):
             try:
-                ingest.release_series(self.db, outcomes)
+                with self._writing:
+                    ingest.release_series(self.db, outcomes)
             except Exception:
                 with self._lock:
                     self._unrecorded.extend(pending[n:])
