@@ -79,7 +79,8 @@ def test_an_unknown_destination_is_recorded_not_crashed_on(tmp_path: Path, datab
 def test_a_peer_that_refuses_the_association_is_retried(tmp_path: Path, database: Database,
                                                         small_series: PhantomSeries) -> None:
     """ainode's own receiver as a PACS that does not know our calling AE title: A-ASSOCIATE-RJ."""
-    from pacs_node.scp import ReceiverConfig, start
+    from pacs_node.listen import start
+    from pacs_node.scp import ReceiverConfig
 
     config = ReceiverConfig("PACS", "127.0.0.1", free_port(), ("SOMEONE-ELSE",), tmp_path / "peer")
     server = start(config, database)

@@ -13,7 +13,8 @@ from ainode.kit import send_files, wait_for
 from conftest import PhantomSeries, echoscu, free_port, storescu
 from db.engine import Database
 from db.models import Instance, Series
-from pacs_node.scp import ReceiverConfig, start
+from pacs_node.listen import start
+from pacs_node.scp import ReceiverConfig
 
 
 @pytest.fixture()

@@ -140,7 +140,11 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     settings.storage.root.mkdir(parents=True, exist_ok=True)
     stop = threading.Event()
     _stop_on_signals(stop)
-    dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, settings.destination_map(),
+    try:
+        destinations = settings.destination_map()
+    except ConfigurationError as exc:
+        _fail(str(exc))
+    dispatcher = Dispatcher(db, settings.storage.root.resolve(), settings.node.ae_title, destinations,
                             settings.delivery_policy(), name=f"sender:{os.getpid()}")
     receive_db = Database(settings.database_url, min(settings.node.database_wait_seconds,
                                                      settings.database.busy_timeout_seconds))
@@ -150,6 +154,8 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
         node.start()
     except OSError as exc:
         _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
+    except ConfigurationError as exc:
+        _fail(str(exc))
     page = _status_page(settings, db, settings.status.port) if settings.status.port else None
     workers = WorkerPool(_worker_command(config), settings.worker.count)
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,

@@ -10,143 +10,39 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ainode.sections import (
+    DEFAULT_DESTINATION,
+    DatabaseSection,
+    DeliverySection,
+    DestinationSection,
+    ModelSection,
+    NodeSection,
+    OutputSection,
+    QueueSection,
+    StatusSection,
+    StorageSection,
+    WorkerSection,
+)
 from db.errors import ConfigurationError
 from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
+from db.storage import Watermark
 from pacs_node.connection import GuardConfig
 from pacs_node.dispatch import Destination
+from pacs_node.peers import Peer
 from pacs_node.scp import ReceiverConfig
-from worker.models.registry import Kind, ModelEntry
+from pacs_node.tls import TLSFiles, client_context
+from worker.models.registry import ModelEntry
 from worker.results.identity import OutputSettings
-
-_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire without backslash
-
-
-def _ae_title(value: str) -> str:
-    if not _AE_TITLE.match(value) or not value.strip():
-        raise ValueError(f"AE title {value!r} must be 1 to 16 printable characters, no backslash")
-    return value.strip()
-
-
-DEFAULT_DESTINATION = {"host": "127.0.0.1", "port": 11113, "ae_title": "PACS"}
-
-AETitle = Annotated[str, AfterValidator(_ae_title)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class NodeSection(_Section):
-    ae_title: AETitle = "AINODE"
-    port: int = Field(11112, ge=1, le=65535)
-    bind_address: str = "127.0.0.1"
-    allowed_calling_ae_titles: list[AETitle] = ["STORESCU", "ORTHANC", "AINODE-DEMO"]
-    maximum_pdu_size: int = Field(131072, ge=4096, le=4194304)
-    network_timeout_seconds: float = Field(60.0, gt=0)
-    maximum_associations: int = Field(64, ge=1, le=1024)
-    maximum_negotiating: int = Field(64, ge=1, le=1024)
-    negotiation_timeout_seconds: float = Field(5.0, gt=0, le=120)
-    maximum_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
-    maximum_inflated_bytes: int = Field(128 << 20, ge=1 << 20)
-    maximum_inflight_bytes: int = Field(2 << 30, ge=1 << 20)
-    database_wait_seconds: float = Field(0.8, gt=0, le=600)
-
-    @field_validator("allowed_calling_ae_titles")
-    @classmethod
-    def _callers(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("list at least one calling AE title: unknown callers are always refused")
-        return value
-
-
-class StorageSection(_Section):
-    root: Path = Path("ainode-data")
-
-
-class DatabaseSection(_Section):
-    url: str = ""
-    busy_timeout_seconds: float = Field(30.0, gt=0, le=600)
-
-
-class QueueSection(_Section):
-    settle_seconds: float = Field(5.0, ge=0)
-    incomplete_settle_seconds: float = Field(600.0, ge=0)
-    lease_seconds: float = Field(60.0, gt=0)
-    max_attempts: int = Field(3, ge=1)
-    backoff_seconds: float = Field(10.0, ge=0)
-    backoff_max_seconds: float = Field(600.0, ge=0)
-
-
-def _device(value: str) -> str:
-    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
-        raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
-    return value
-
-
-Device = Annotated[str, AfterValidator(_device)]
-
-
-class WorkerSection(_Section):
-    device: Device = "auto"  # for every model that names none
-    count: int = Field(1, ge=0, le=64)
-    threads: int | None = Field(None, ge=1)
-    poll_seconds: float = Field(0.5, gt=0)
-    interpolate_missing_slices: int = Field(0, ge=0, le=3)
-
-
-class ModelSection(_Section):
-    """One model the node runs: ``[models.NAME]``. Output keys left unset take ``[output]``'s."""
-
-    kind: Kind = "ainode"
-    path: Path | None = None  # the model's file or folder; None (kind ainode): the bundled demo model
-    device: Device | None = None  # None: worker.device
-    seg_series_number: int | None = Field(None, ge=1)
-    sr_series_number: int | None = Field(None, ge=1)
-    seg_series_description: str | None = Field(None, max_length=64)
-    sr_series_description: str | None = Field(None, max_length=64)
-
-    @model_validator(mode="after")
-    def _path(self) -> "ModelSection":
-        if self.path is None and self.kind != "ainode":
-            raise ValueError(f"path: a {self.kind} model needs the path of its folder or file")
-        return self
-
-
-class DestinationSection(_Section):
-    host: str
-    port: int = Field(ge=1, le=65535)
-    ae_title: AETitle
-
-
-class DeliverySection(_Section):
-    result_destinations: list[str] = ["pacs"]
-    lease_seconds: float = Field(120.0, gt=0)
-    backoff_seconds: float = Field(5.0, ge=0)
-    backoff_max_seconds: float = Field(300.0, ge=0)
-
-
-class OutputSection(_Section):
-    seg_series_number: int = Field(901, ge=1)
-    sr_series_number: int = Field(902, ge=1)
-    seg_series_description: str = Field("ainode segmentation", max_length=64)
-    sr_series_description: str = Field("ainode measurements", max_length=64)
-    rejection_series_number: int = Field(903, ge=1)
-    rejection_series_description: str = Field("ainode rejection note", max_length=64)
-    when_nothing_found: Literal["report", "nothing"] = "report"
-
-
-class StatusSection(_Section):
-    port: int = Field(0, ge=0, le=65535)  # 0: no status page
-    bind_address: str = "127.0.0.1"
 
 
 class Settings(BaseSettings):
@@ -200,8 +96,12 @@ class Settings(BaseSettings):
             negotiation_timeout=n.negotiation_timeout_seconds, network_timeout=n.network_timeout_seconds,
             maximum_pdu_size=n.maximum_pdu_size, maximum_dataset_bytes=n.maximum_dataset_bytes,
             maximum_inflated_bytes=n.maximum_inflated_bytes, maximum_inflight_bytes=n.maximum_inflight_bytes)
+        tls = TLSFiles(n.tls.certificate, n.tls.private_key, n.tls.ca_certificates,
+                       n.tls.require_client_certificate) if n.tls_port else None
+        peers = tuple(Peer.parse(name, p.ae_title, p.addresses, p.require_tls) for name, p in n.peers.items())
+        watermark = Watermark(int(self.storage.minimum_free_gb * 2**30), self.storage.minimum_free_percent / 100)
         return ReceiverConfig(n.ae_title, n.bind_address, n.port, tuple(n.allowed_calling_ae_titles),
-                              self.storage.root.resolve(), limits)
+                              self.storage.root.resolve(), limits, peers, n.tls_port, tls, watermark)
 
     def queue_policy(self) -> QueuePolicy:
         q = self.queue
@@ -214,7 +114,13 @@ class Settings(BaseSettings):
         return DeliveryPolicy(d.lease_seconds, d.backoff_seconds, d.backoff_max_seconds)
 
     def destination_map(self) -> dict[str, Destination]:
-        return {name: Destination(name, d.host, d.port, d.ae_title) for name, d in self.destinations.items()}
+        """The destinations, their TLS contexts built now: a missing or wrong certificate stops start-up."""
+        def tls(name: str, d: DestinationSection) -> ssl.SSLContext | None:
+            files = TLSFiles(d.certificate, d.private_key, d.ca_certificates)
+            return client_context(files, f"destinations.{name}") if d.tls else None
+
+        return {name: Destination(name, d.host, d.port, d.ae_title, tls(name, d))
+                for name, d in self.destinations.items()}
 
     def model_entries(self) -> list[ModelEntry]:
         return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from db.states import DeliveryState, JobState, SeriesState
@@ -61,6 +61,7 @@ class Series(Base):
     released_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     incomplete_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     routing_note: Mapped[str | None] = mapped_column(Text, nullable=True)  # why no model takes it
+    purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # its files deleted (retention)
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
@@ -81,6 +82,7 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # file deleted (retention)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -153,6 +155,7 @@ class Result(Base):
     series_instance_uid: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(String(1024))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    purged_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)  # file deleted (retention)
 
     job: Mapped[Job] = relationship(back_populates="results")
     deliveries: Mapped[list["Delivery"]] = relationship(back_populates="result")
@@ -179,3 +182,23 @@ class Delivery(Base):
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
     __table_args__ = (Index("ix_deliveries_state_not_before", "state", "not_before"),)
+
+
+class AuditEvent(Base):
+    """The audit trail of what crossed the node's boundary: each association (who, from where, TLS or not,
+    accepted or refused and why, what it stored), each delivery attempt, each purge, each operator action.
+    Job transitions are the ``job_events`` rows; the ``audit`` view shows both."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # the process that acted: receiver, sender, retention, operator
+    kind: Mapped[str] = mapped_column(String(16))  # association, delivery, purge, operator
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted, refused, delivered, failed, purged, ...
+    calling_ae_title: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tls: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(128), nullable=True)  # a series, delivery or job
+    count: Mapped[int] = mapped_column(Integer, default=1)  # identical refusals within a minute are one row
+    detail: Mapped[str] = mapped_column(Text, default="")

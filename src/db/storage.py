@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -75,3 +77,24 @@ def write_atomic(target: Path, content: bytes | Iterable[bytes] | Callable[[Bina
         raise
     _fsync_dir(target.parent)
     return size
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """The free space below which the node takes no more data: new associations are refused (transient)
+    and C-STOREs answered 0xA700 before anything is written, until space returns."""
+
+    minimum_free_bytes: int = 5 << 30
+    minimum_free_fraction: float = 0.05
+
+    def problem(self, root: Path) -> str | None:
+        """Why ``root`` has too little space now, or None."""
+        try:
+            usage = shutil.disk_usage(root if root.exists() else root.parent)
+        except OSError as exc:
+            return f"the storage root cannot be checked: {exc.strerror or exc}"
+        if usage.free < self.minimum_free_bytes or usage.free < self.minimum_free_fraction * usage.total:
+            return (f"only {usage.free / 2**30:.2f} GiB ({usage.free / usage.total:.1%}) free on the storage root; "
+                    f"the node takes data again above {self.minimum_free_bytes / 2**30:.2f} GiB and "
+                    f"{self.minimum_free_fraction:.0%}")
+        return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class Destination:
     host: str
     port: int
     ae_title: str
+    tls: ssl.SSLContext | None = None  # DICOM TLS: what to check the peer against and present to it
 
 
 def _no_delay(event: Event) -> None:
@@ -43,11 +45,12 @@ def send_file(path: Path, destination: Destination, calling_ae_title: str, timeo
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(meta.file_meta.MediaStorageSOPClassUID, meta.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+    tls_args = (destination.tls, destination.host) if destination.tls else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
                          evt_handlers=[(evt.EVT_CONN_OPEN, _no_delay)])
     if not assoc.is_established:
         raise PeerFailure(f"{destination.ae_title}@{destination.host}:{destination.port} refused or did not "
-                          "answer the association")
+                          "answer the association" + (" (or the TLS handshake failed)" if destination.tls else ""))
     try:
         status = assoc.send_c_store(path)
     finally:

@@ -11,6 +11,7 @@ command elements are empty without any response. Everything here hangs off publi
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from pydicom.uid import UID
 from pynetdicom import evt
@@ -20,6 +21,7 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from pacs_node.connection import GuardConfig, GuardedSocket, InflightBudget
 from pacs_node.logs import RefusalLog, printable
+from pacs_node.peers import Admission
 
 C_STORE_RQ = 0x0001
 C_ECHO_RQ = 0x0030
@@ -51,17 +53,21 @@ def _command_problem(cs: object, assoc: object) -> str | None:
 class ConnectionGuard:
     """The event handlers that apply a ``GuardConfig`` to every association of one server."""
 
-    def __init__(self, config: GuardConfig, refusals: RefusalLog) -> None:
+    def __init__(self, config: GuardConfig, refusals: RefusalLog,
+                 admit: Callable[[Event], Admission | None] = lambda event: None,
+                 refused: Callable[[Event, Admission], None] = lambda event, why: None) -> None:
+        """``admit`` decides whether a complete A-ASSOCIATE-RQ may proceed (who calls, from where, over what,
+        and whether the node can take data now); ``refused`` hears of every association refused here."""
         self.config = config
         self.budget = InflightBudget(config.maximum_inflight_bytes)
         self.refusals = refusals
-        self.server: ThreadedAssociationServer | None = None
+        self.admit = admit
+        self.refused_by = refused
+        self.servers: list[ThreadedAssociationServer] = []
 
     def counts(self) -> tuple[int, int]:
         """(established, negotiating) associations of the server, from its live threads as pynetdicom counts."""
-        if self.server is None:
-            return 0, 0
-        active = self.server.active_associations
+        active = [assoc for server in self.servers for assoc in server.active_associations]
         established = sum(1 for assoc in active if assoc.is_established)
         return established, len(active) - established
 
@@ -106,17 +112,27 @@ class ConnectionGuard:
             guarded.refuse(f"{negotiating} connections are already negotiating", send_abort=False)
 
     def on_requested(self, event: Event) -> None:
-        """The A-ASSOCIATE-RQ is complete: refuse it if the established associations are at the limit.
+        """The A-ASSOCIATE-RQ is complete: refuse a caller that is not admitted, or any when the established
+        associations are at the limit.
 
         pynetdicom's own limit (``AE.maximum_associations``) counts connections still negotiating too, so
         slow peers would take the slots of good ones; it is set above this one and is only a backstop.
         """
-        established, _ = self.counts()
-        if established >= self.config.maximum_associations:
-            self.refusals.line(f"association from {printable(event.assoc.requestor.primitive.calling_ae_title, 16)} "
-                               f"rejected: {established} associations are established")
-            event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, presentation related, local limit
-            event.assoc.kill()  # as pynetdicom's own rejection does: returns once the A-ASSOCIATE-RJ is out
+        refusal = self.admit(event)
+        if refusal is None:
+            established, _ = self.counts()
+            if established >= self.config.maximum_associations:
+                refusal = Admission(f"{established} associations are established", identity=False, limit=True)
+        if refusal is None:
+            return
+        self.refusals.line(f"association from {printable(event.assoc.requestor.primitive.calling_ae_title, 16)} "
+                           f"at {printable(event.assoc.requestor.address)} rejected: {printable(refusal.reason)}")
+        self.refused_by(event, refusal)
+        if refusal.identity:
+            event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
+        else:  # transient, presentation related: local limit exceeded, or temporary congestion
+            event.assoc.acse.send_reject(0x02, 0x03, 0x02 if refusal.limit else 0x01)
+        event.assoc.kill()  # as pynetdicom's own rejection does: returns once the A-ASSOCIATE-RJ is out
 
     def on_established(self, event: Event) -> None:
         sock = self.socket_of(event.assoc)

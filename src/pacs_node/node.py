@@ -8,7 +8,7 @@ import threading
 from db import ingest, queue
 from db.engine import Database
 from db.polling import poll
-from pacs_node import scp
+from pacs_node import listen, scp
 from pacs_node.dispatch import Dispatcher
 
 log = logging.getLogger("ainode.node")
@@ -26,11 +26,11 @@ class Node:
         self.route = route
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._server = None
+        self._server: listen.Listeners | None = None
 
     def _settle(self) -> None:
         def step() -> bool:
-            self.receiver.record_pending_releases()
+            self.receiver.associations.record_pending()
             for job_id in queue.enqueue_settled(self.db, self.policy, self.route):
                 log.info("queued job %d", job_id)
             return False  # look again after the interval
@@ -48,7 +48,7 @@ class Node:
         if abandoned:
             log.info("%d series were still receiving when the node last stopped; they settle as possibly partial",
                      abandoned)
-        self._server = scp.serve(self.receiver)
+        self._server = listen.serve(self.receiver)
         for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
             thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)
             thread.start()

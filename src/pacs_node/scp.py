@@ -9,40 +9,26 @@ status (a command pynetdicom cannot serve, a peer too slow or too large) is abor
 from __future__ import annotations
 
 import logging
-import socketserver
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
-    JPEG2000,
     UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import ingest
+from db import audit, ingest
 from db.engine import Database
 from db.errors import one_line
-from db.storage import InvalidUID, instance_path, write_atomic
+from db.storage import InvalidUID, Watermark, instance_path, write_atomic
 from pacs_node.connection import GuardConfig
 from pacs_node.decode import DatasetTooLarge, UndecodableElement, decode_dataset
 from pacs_node.guard import ConnectionGuard
 from pacs_node.logs import RefusalLog, printable
+from pacs_node.peers import Admission, Peer, admit
 from pacs_node.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -52,32 +38,28 @@ from pacs_node.status import (
     with_comment,
 )
 from pacs_node.store import BadDataset, WrongSOPClass, check, series_of
-from pacs_node.transfers import Transfer
+from pacs_node.tls import TLSFiles
+from pacs_node.transfers import Associations, caller
 
 log = logging.getLogger("ainode.receive")
 
-TRANSFER_SYNTAXES = (
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    JPEGLosslessSV1,
-    JPEGLossless,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    JPEG2000Lossless,
-    JPEG2000,
-    RLELossless,
-)
 
 @dataclass(frozen=True)
 class ReceiverConfig:
     ae_title: str
     bind_address: str
-    port: int
-    allowed_calling_ae_titles: tuple[str, ...]
+    port: int  # plain DICOM; 0: none
+    allowed_calling_ae_titles: tuple[str, ...]  # from any address, with or without TLS
     storage_root: Path
     limits: GuardConfig = field(default_factory=GuardConfig)
+    peers: tuple[Peer, ...] = ()  # callers known by address and transport as well
+    tls_port: int = 0  # DICOM TLS; 0: none
+    tls: TLSFiles | None = None
+    watermark: Watermark = field(default_factory=lambda: Watermark(0, 0.0))
+
+    @property
+    def callers(self) -> tuple[Peer, ...]:
+        return self.peers + tuple(Peer(title, title) for title in self.allowed_calling_ae_titles)
 
 
 class Receiver:
@@ -86,21 +68,36 @@ class Receiver:
     def __init__(self, config: ReceiverConfig, db: Database) -> None:
         self.config = config
         self.db = db
-        self._lock = threading.Lock()
         # The receiver's writes take turns in this process (a thread waits here, in order, not in SQLite's
         # busy loop), so the database wait, kept short to answer within a second, applies only to other
         # processes holding the database.
         self._writing = threading.Lock()
-        self._transfers: dict[int, Transfer] = {}
-        self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
+        self.associations = Associations(db, self._writing, audit.actor("receiver"))
         self.refusals = RefusalLog(log)
-        self.guard = ConnectionGuard(config.limits, self.refusals)
+        self.guard = ConnectionGuard(config.limits, self.refusals, self.admit, self.refused)
+
+    def admit(self, event: Event) -> Admission | None:
+        """Whether the caller may proceed: a known peer, from an allowed address, over TLS where it must;
+        and the disk has room (else transient: the sender tries again later)."""
+        refusal = admit(self.config.callers, *caller(event))
+        if refusal is None and (low := self.config.watermark.problem(self.config.storage_root)):
+            refusal = Admission(low, identity=False)
+        return refusal
+
+    def refused(self, event: Event, refusal: Admission) -> None:
+        """An association refused at negotiation (nothing was stored): into the audit trail."""
+        calling, address, tls = caller(event)
+        try:
+            with self._writing:
+                audit.record_refusal(self.db, self.associations.actor, calling[:16], address[:64], tls, refusal.reason)
+        except Exception as exc:
+            log.error("cannot audit a refused association: %s", one_line(exc))
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
 
     def handle_store(self, event: Event) -> int | Dataset:
-        self._transfer(event).current = None
+        self.associations.of(event).current = None
         try:
             status = self._store(event)
         except Exception as exc:  # the last line of defence: nothing reaches the network stack
@@ -111,7 +108,7 @@ class Receiver:
         code = status if isinstance(status, int) else int(status.Status)
         if code != SUCCESS:
             comment = "" if isinstance(status, int) else f": {status.get('ErrorComment', '')}"
-            self._transfer(event).refused(f"0x{code:04X}{comment}")
+            self.associations.of(event).refused(f"0x{code:04X}{comment}")
         return status
 
     def _store(self, event: Event) -> int | Dataset:
@@ -119,6 +116,9 @@ class Receiver:
         request = event.request
         if self.guard.refused(event.assoc):
             return with_comment(OUT_OF_RESOURCES, "association aborted")
+        if low := self.config.watermark.problem(self.config.storage_root):
+            self.refusals.refused(calling, low)
+            return with_comment(OUT_OF_RESOURCES, "storage nearly full")
         limits = self.config.limits
         try:
             ds = decode_dataset(request.DataSet, UID(event.context.transfer_syntax), limits.maximum_dataset_bytes,
@@ -161,103 +161,14 @@ class Receiver:
         try:
             with self._writing:
                 ingest.record_instance(self.db, incoming.received(str(relative), size, calling))
+            self.associations.of(event).stored += 1
         except SQLAlchemyError as exc:
             log.error("cannot record %s: %s", incoming.sop_instance_uid, one_line(exc))
             target.unlink(missing_ok=True)  # not acknowledged, so not kept: the sender sends it again
             return with_comment(OUT_OF_RESOURCES, "database error")
         return SUCCESS
 
-    def _transfer(self, event: Event) -> Transfer:
-        with self._lock:
-            return self._transfers.setdefault(id(event.assoc), Transfer())
-
     def _touch(self, event: Event, series_instance_uid: str) -> None:
-        transfer = self._transfer(event)
+        transfer = self.associations.of(event)
         transfer.series.setdefault(series_instance_uid, None)
         transfer.current = series_instance_uid
-
-
-    def handle_released(self, event: Event) -> None:
-        self._transfer(event).released = True
-
-    def handle_close(self, event: Event) -> None:
-        with self._lock:
-            transfer = self._transfers.pop(id(event.assoc), None)
-        if transfer is None or not transfer.series:
-            return
-        outcomes = transfer.outcomes()
-        for uid, reason in outcomes.items():
-            if reason:
-                log.warning("series %s may be partial: %s; it waits for the sender's retry", uid,
-                            printable(reason))
-        try:
-            with self._writing:
-                ingest.release_series(self.db, outcomes)
-        except Exception as exc:
-            log.error("cannot record the end of an association for %s (%s); trying again later", sorted(outcomes),
-                      one_line(exc))
-            with self._lock:
-                self._unrecorded.append(outcomes)
-
-    def record_pending_releases(self) -> None:
-        """Record the ends of associations the database refused when they closed (a lock, an outage): until
-        then their series cannot settle."""
-        with self._lock:
-            pending, self._unrecorded = self._unrecorded, []
-        for n, outcomes in enumerate(pending):
-            try:
-                with self._writing:
-                    ingest.release_series(self.db, outcomes)
-            except Exception:
-                with self._lock:
-                    self._unrecorded.extend(pending[n:])
-                raise
-
-
-class GuardedServer(ThreadedAssociationServer):
-    """The threaded server with a listen backlog that holds a burst of senders (socketserver's is 5)."""
-
-    request_queue_size = 128
-
-    def shutdown(self) -> None:
-        """Stop serving and close the socket (the server was made, not started, by the AE)."""
-        socketserver.TCPServer.shutdown(self)
-        self.server_close()
-
-
-def make_ae(config: ReceiverConfig) -> AE:
-    limits = config.limits
-    ae = AE(ae_title=config.ae_title)
-    ae.maximum_pdu_size = limits.maximum_pdu_size
-    ae.network_timeout = limits.network_timeout
-    ae.acse_timeout = limits.negotiation_timeout  # ARTIM, and the wait for the A-ASSOCIATE-RQ
-    # The guard limits established and negotiating associations apart; pynetdicom's own limit counts both.
-    ae.maximum_associations = limits.maximum_associations + limits.maximum_negotiating
-    ae.require_called_aet = True
-    ae.require_calling_aet = list(config.allowed_calling_ae_titles)
-    ae.add_supported_context(Verification)
-    for context in AllStoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, list(TRANSFER_SYNTAXES))
-    return ae
-
-
-def start(config: ReceiverConfig, db: Database) -> ThreadedAssociationServer:
-    """Start listening in the background; stop with ``server.shutdown()``."""
-    return serve(Receiver(config, db))
-
-
-def serve(receiver: Receiver) -> ThreadedAssociationServer:
-    """Start listening in the background with ``receiver``'s handlers; stop with ``server.shutdown()``."""
-    config = receiver.config
-    handlers = [
-        (evt.EVT_C_ECHO, receiver.handle_echo),
-        (evt.EVT_C_STORE, receiver.handle_store),
-        (evt.EVT_RELEASED, receiver.handle_released),
-        (evt.EVT_CONN_CLOSE, receiver.handle_close),
-    ]
-    server = make_ae(config).make_server((config.bind_address, config.port),
-                                         evt_handlers=receiver.guard.handlers() + handlers, server_class=GuardedServer)
-    receiver.guard.server = server
-    threading.Thread(target=server.serve_forever, name="ainode-receive", daemon=True).start()
-    log.info("%s listening on %s:%d", config.ae_title, config.bind_address, config.port)
-    return server

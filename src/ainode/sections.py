@@ -1,0 +1,179 @@
+"""The sections of the configuration file, each validated field by field: a bad key or value is refused
+naming it (see ``config.load_settings``)."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from worker.models.registry import Kind
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire without backslash
+
+
+def _ae_title(value: str) -> str:
+    if not _AE_TITLE.match(value) or not value.strip():
+        raise ValueError(f"AE title {value!r} must be 1 to 16 printable characters, no backslash")
+    return value.strip()
+
+
+DEFAULT_DESTINATION = {"host": "127.0.0.1", "port": 11113, "ae_title": "PACS"}
+
+AETitle = Annotated[str, AfterValidator(_ae_title)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSSection(_Section):
+    """PEM files of the node's DICOM TLS port."""
+
+    certificate: Path | None = None
+    private_key: Path | None = None
+    ca_certificates: Path | None = None  # the authorities a caller's certificate must chain to
+    require_client_certificate: bool = True  # mutual TLS
+
+
+class PeerSection(_Section):
+    """A caller known by more than its AE title: where it may call from and whether it must use TLS."""
+
+    ae_title: AETitle
+    addresses: list[str] = []  # addresses or networks ("10.1.2.3", "10.1.2.0/24"); empty: any
+    require_tls: bool = False
+
+    @field_validator("addresses")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for address in value:
+            try:
+                ipaddress.ip_network(address, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{address!r} is not an address or network: {exc}") from exc
+        return value
+
+
+class NodeSection(_Section):
+    ae_title: AETitle = "AINODE"
+    port: int = Field(11112, ge=0, le=65535)  # plain DICOM; 0: none
+    tls_port: int = Field(0, ge=0, le=65535)  # DICOM TLS; 0: none
+    tls: TLSSection = TLSSection()
+    peers: dict[str, PeerSection] = {}
+    bind_address: str = "127.0.0.1"
+    allowed_calling_ae_titles: list[AETitle] = ["STORESCU", "ORTHANC", "AINODE-DEMO"]
+    maximum_pdu_size: int = Field(131072, ge=4096, le=4194304)
+    network_timeout_seconds: float = Field(60.0, gt=0)
+    maximum_associations: int = Field(64, ge=1, le=1024)
+    maximum_negotiating: int = Field(64, ge=1, le=1024)
+    negotiation_timeout_seconds: float = Field(5.0, gt=0, le=120)
+    maximum_dataset_bytes: int = Field(1 << 30, ge=1 << 20)
+    maximum_inflated_bytes: int = Field(128 << 20, ge=1 << 20)
+    maximum_inflight_bytes: int = Field(2 << 30, ge=1 << 20)
+    database_wait_seconds: float = Field(0.8, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _ports_and_callers(self) -> "NodeSection":
+        if not self.port and not self.tls_port:
+            raise ValueError("port, tls_port: at least one of them must be set")
+        if self.port and self.port == self.tls_port:
+            raise ValueError(f"tls_port: {self.tls_port} is also the plain port")
+        if self.tls_port and (self.tls.certificate is None or self.tls.private_key is None):
+            raise ValueError("tls: a TLS port needs tls.certificate and tls.private_key")
+        if self.tls.require_client_certificate and self.tls_port and self.tls.ca_certificates is None:
+            raise ValueError("tls.ca_certificates: needed to check client certificates "
+                             "(or set tls.require_client_certificate = false)")
+        if not self.allowed_calling_ae_titles and not self.peers:
+            raise ValueError("allowed_calling_ae_titles: list at least one caller (or [node.peers.NAME]): unknown "
+                             "callers are always refused")
+        return self
+
+
+class StorageSection(_Section):
+    root: Path = Path("ainode-data")
+    minimum_free_gb: float = Field(5.0, ge=0)  # below this (or the percentage) the node takes no more data
+    minimum_free_percent: float = Field(5.0, ge=0, le=100)
+
+
+class DatabaseSection(_Section):
+    url: str = ""
+    busy_timeout_seconds: float = Field(30.0, gt=0, le=600)
+
+
+class QueueSection(_Section):
+    settle_seconds: float = Field(5.0, ge=0)
+    incomplete_settle_seconds: float = Field(600.0, ge=0)
+    lease_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_seconds: float = Field(10.0, ge=0)
+    backoff_max_seconds: float = Field(600.0, ge=0)
+
+
+def _device(value: str) -> str:
+    if not re.match(r"^(auto|cpu|cuda(:\d+)?)$", value):
+        raise ValueError(f"device {value!r} must be auto, cpu, cuda or cuda:N")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_device)]
+
+
+class WorkerSection(_Section):
+    device: Device = "auto"  # for every model that names none
+    count: int = Field(1, ge=0, le=64)
+    threads: int | None = Field(None, ge=1)
+    poll_seconds: float = Field(0.5, gt=0)
+    interpolate_missing_slices: int = Field(0, ge=0, le=3)
+
+
+class ModelSection(_Section):
+    """One model the node runs: ``[models.NAME]``. Output keys left unset take ``[output]``'s."""
+
+    kind: Kind = "ainode"
+    path: Path | None = None  # the model's file or folder; None (kind ainode): the bundled demo model
+    device: Device | None = None  # None: worker.device
+    seg_series_number: int | None = Field(None, ge=1)
+    sr_series_number: int | None = Field(None, ge=1)
+    seg_series_description: str | None = Field(None, max_length=64)
+    sr_series_description: str | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _path(self) -> "ModelSection":
+        if self.path is None and self.kind != "ainode":
+            raise ValueError(f"path: a {self.kind} model needs the path of its folder or file")
+        return self
+
+
+class DestinationSection(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ae_title: AETitle
+    tls: bool = False  # DICOM TLS: the destination's certificate checked against ca_certificates
+    ca_certificates: Path | None = None  # empty: the system's authorities
+    certificate: Path | None = None  # this node's, for a destination that requires client certificates
+    private_key: Path | None = None
+
+
+class DeliverySection(_Section):
+    result_destinations: list[str] = ["pacs"]
+    lease_seconds: float = Field(120.0, gt=0)
+    backoff_seconds: float = Field(5.0, ge=0)
+    backoff_max_seconds: float = Field(300.0, ge=0)
+
+
+class OutputSection(_Section):
+    seg_series_number: int = Field(901, ge=1)
+    sr_series_number: int = Field(902, ge=1)
+    seg_series_description: str = Field("ainode segmentation", max_length=64)
+    sr_series_description: str = Field("ainode measurements", max_length=64)
+    rejection_series_number: int = Field(903, ge=1)
+    rejection_series_description: str = Field("ainode rejection note", max_length=64)
+    when_nothing_found: Literal["report", "nothing"] = "report"
+
+
+class StatusSection(_Section):
+    port: int = Field(0, ge=0, le=65535)  # 0: no status page
+    bind_address: str = "127.0.0.1"
