@@ -233,6 +233,8 @@ allowed_calling_ae_titles = {options['callers']}
 {options['node_extra']}
 [storage]
 root = "{options['storage_root']}"
+minimum_free_gb = {options.get('minimum_free_gb', 0.2)}
+minimum_free_percent = {options.get('minimum_free_percent', 0.5)}
 [database]
 url = "{self.database_url}"
 [queue]

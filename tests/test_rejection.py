@@ -15,7 +15,7 @@ from worker.models.spec import load_spec
 from worker.results.content import source_headers
 from worker.results.findings import find
 from worker.results.identity import OutputSettings, result_identity
-from worker.results.rejection import REJECTED_FOR_QUALITY_REASONS, build_rejection_note
+from worker.results.rejection import REJECTED_FOR_QUALITY_REASONS, build_rejection_note, reference
 from worker.results.seg import build_segmentation
 from worker.results.sr import build_report
 
@@ -30,7 +30,7 @@ def test_the_rejection_note_references_the_superseded_seg_and_sr_and_validates(
     sr = build_report(sources, findings, seg, spec, identity, settings)
     for name, dataset in (("seg.dcm", seg), ("sr.dcm", sr)):
         write_atomic(tmp_path / name, lambda fh, d=dataset: d.save_as(fh, enforce_file_format=True))
-    rejected = [dcmread(tmp_path / name, stop_before_pixels=True) for name in ("seg.dcm", "sr.dcm")]
+    rejected = [reference(d.SOPClassUID, d.SOPInstanceUID, d.SeriesInstanceUID, sources[0]) for d in (seg, sr)]
     newer = result_identity(spec, "digest", volume.sop_instance_uids + ["1.2.3.999"])
     note = build_rejection_note(rejected, spec, newer, settings)
     write_atomic(tmp_path / "ko.dcm", lambda fh: note.save_as(fh, enforce_file_format=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import logging
 import os
@@ -149,7 +150,7 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     receive_db = Database(settings.database_url, min(settings.node.database_wait_seconds,
                                                      settings.database.busy_timeout_seconds))
     node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(_describe_models(settings)),
-                receive_db)
+                receive_db, settings.retention_policy(), settings.retention.check_minutes * 60)
     try:
         node.start()
     except OSError as exc:
@@ -268,7 +269,7 @@ def retry(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigO
     from db import queue
 
     with _opened(config) as (settings, db):
-        requeued = queue.retry(db, job_id, settings.queue.max_attempts)
+        requeued = queue.retry(db, job_id, settings.queue.max_attempts, by=f"operator:{getpass.getuser()}")
     if not requeued:
         _fail(f"job {job_id} does not exist or is still queued or running")
     console.print(f"job {job_id} queued again")
@@ -290,6 +291,26 @@ def models(config: ConfigOption = None) -> None:
         except ConfigurationError as exc:
             _fail(str(exc))
     console.print(models_table(rows))
+
+
+@app.command()
+def purge(config: ConfigOption = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False) -> None:
+    """Delete the files of series whose retention time has passed (rows stay, marked purged); --dry-run lists
+    them and the space they take."""
+    from db import audit, retention
+
+    with _opened(config) as (settings, db):
+        policy = settings.retention_policy() or retention.RetentionPolicy(settings.retention.keep_days,
+                                                                          settings.retention.keep_failed_days)
+        root = settings.storage.root.resolve()
+        items = retention.purgeable(db, root, policy) if dry_run else \
+            retention.purge(db, root, policy, audit.actor(f"operator:{getpass.getuser()}"))
+    for item in items:
+        console.print(f"{item.series_instance_uid}: {len(item.files)} files, {item.size_bytes / 1e6:.1f} MB; "
+                      f"{item.reason}", highlight=False)
+    total = sum(item.size_bytes for item in items)
+    console.print(f"{'would free' if dry_run else 'freed'} {total / 1e6:.1f} MB in {len(items)} series")
 
 
 @app.command("check-config")

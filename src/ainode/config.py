@@ -28,6 +28,7 @@ from ainode.sections import (
     NodeSection,
     OutputSection,
     QueueSection,
+    RetentionSection,
     StatusSection,
     StorageSection,
     WorkerSection,
@@ -35,6 +36,7 @@ from ainode.sections import (
 from db.errors import ConfigurationError
 from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
+from db.retention import RetentionPolicy
 from db.storage import Watermark
 from pacs_node.connection import GuardConfig
 from pacs_node.dispatch import Destination
@@ -58,6 +60,7 @@ class Settings(BaseSettings):
     delivery: DeliverySection = DeliverySection()
     output: OutputSection = OutputSection()
     status: StatusSection = StatusSection()
+    retention: RetentionSection = RetentionSection()
 
     @model_validator(mode="after")
     def _models(self) -> "Settings":
@@ -108,6 +111,10 @@ class Settings(BaseSettings):
         return QueuePolicy(settle_seconds=q.settle_seconds, incomplete_settle_seconds=q.incomplete_settle_seconds,
                            lease_seconds=q.lease_seconds, max_attempts=q.max_attempts,
                            backoff_seconds=q.backoff_seconds, backoff_max_seconds=q.backoff_max_seconds)
+
+    def retention_policy(self) -> RetentionPolicy | None:
+        r = self.retention
+        return RetentionPolicy(r.keep_days, r.keep_failed_days) if r.enabled else None
 
     def delivery_policy(self) -> DeliveryPolicy:
         d = self.delivery

@@ -60,6 +60,7 @@ allowed_calling_ae_titles = ["{SENDER_AE}"]
 
 [storage]
 root = "{self.root / 'node'}"
+minimum_free_gb = 0.5
 
 [database]
 url = "{self.database_url}"

@@ -174,6 +174,15 @@ class OutputSection(_Section):
     when_nothing_found: Literal["report", "nothing"] = "report"
 
 
+class RetentionSection(_Section):
+    """When patient data is deleted (files only; the database keeps the record, marked purged)."""
+
+    enabled: bool = True
+    keep_days: float = Field(7.0, ge=0)  # after every job ended and every delivery succeeded
+    keep_failed_days: float = Field(30.0, ge=0)  # failed, rejected, not routed or undelivered: kept to inspect
+    check_minutes: float = Field(60.0, gt=0)
+
+
 class StatusSection(_Section):
     port: int = Field(0, ge=0, le=65535)  # 0: no status page
     bind_address: str = "127.0.0.1"

@@ -45,8 +45,10 @@ class ReceivedInstance:
 
 
 def is_stored(db: Database, sop_instance_uid: str) -> bool:
+    """Whether the instance is on disk and recorded (one that retention purged is not)."""
     with db.read() as session:
-        return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)) is not None
+        return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid,
+                                                        Instance.purged_at.is_(None))) is not None
 
 
 def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | None = None) -> bool:
@@ -73,7 +75,23 @@ def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | Non
     except IntegrityError:
         if is_stored(db, item.sop_instance_uid):
             return False  # sent twice at the same moment: the other copy was recorded
+        if _received_again(db, item, now):
+            return True
         raise
+    return True
+
+
+def _received_again(db: Database, item: ReceivedInstance, now: dt.datetime) -> bool:
+    """An instance retention purged, sent again: its row takes the new file, and its series receives again."""
+    with db.transaction() as session:
+        instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == item.sop_instance_uid,
+                                                         Instance.purged_at.is_not(None)))
+        if instance is None:
+            return False
+        instance.path, instance.size_bytes, instance.received_at = item.path, item.size_bytes, now
+        instance.calling_ae_title, instance.purged_at = item.calling_ae_title, None
+        session.execute(update(Series).where(Series.id == instance.series_id)
+                        .values(state=SeriesState.RECEIVING, last_received_at=now, purged_at=None))
     return True
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from db.backoff import exponential
 from db.engine import Database
-from db.models import Delivery, utcnow
+from db.models import AuditEvent, Delivery, utcnow
 from db.states import DeliveryState
 
 
@@ -74,10 +74,19 @@ def claim(db: Database, sender: str, policy: DeliveryPolicy) -> DeliveryTask | N
                             result.sop_instance_uid, delivery.attempts)
 
 
+def _audit(delivery: Delivery, outcome: str, detail: str) -> AuditEvent:
+    """Each attempt's outcome in the audit trail, written with the delivery's new state."""
+    result = delivery.result
+    return AuditEvent(at=utcnow(), actor=delivery.lease_owner or "sender", kind="delivery", outcome=outcome,
+                      subject=f"delivery {delivery.id}: {result.kind} to {delivery.destination}",
+                      detail=f"{result.sop_instance_uid}, attempt {delivery.attempts}: {detail}", count=1)
+
+
 def delivered(db: Database, delivery_id: int, status: int) -> None:
     with db.transaction() as session:
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is not None:
+            session.add(_audit(delivery, "delivered", f"status 0x{status:04X}"))
             delivery.state, delivery.last_status, delivery.error = DeliveryState.DELIVERED, status, None
             delivery.delivered_at = utcnow()
             delivery.lease_owner = delivery.lease_expires_at = None
@@ -90,6 +99,7 @@ def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy,
         delivery = session.get(Delivery, delivery_id, with_for_update=True)
         if delivery is None:
             return utcnow()
+        session.add(_audit(delivery, "failed", reason))
         delivery.state, delivery.last_status, delivery.error = DeliveryState.PENDING, status, reason
         delivery.not_before = utcnow() + policy.backoff(delivery.attempts)
         delivery.lease_owner = delivery.lease_expires_at = None

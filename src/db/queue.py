@@ -184,7 +184,8 @@ def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, L
             session.add(_event(job, Event.CLAIMED, f"attempt {job.attempts} of {job.max_attempts}", worker=worker))
             series = job.series
             paths = session.scalars(
-                select(Instance.path).where(Instance.series_id == series.id).order_by(Instance.id)
+                select(Instance.path).where(Instance.series_id == series.id, Instance.purged_at.is_(None))
+                .order_by(Instance.id)
             ).all()
             return ClaimedJob(job.id, job.attempts, series.series_instance_uid, series.study.study_instance_uid,
                               series.modality, tuple(paths), _reached_a_destination(session, job.supersedes),
@@ -286,8 +287,9 @@ def fail(db: Database, job_id: int, worker: str, reason: str, policy: QueuePolic
         return job.state
 
 
-def retry(db: Database, job_id: int, max_attempts: int | None = None) -> bool:
-    """Put a finished job back in the queue now, with a fresh set of attempts (``ainode retry``)."""
+def retry(db: Database, job_id: int, max_attempts: int | None = None, by: str = "operator") -> bool:
+    """Put a finished job back in the queue now, with a fresh set of attempts (``ainode retry``); ``by``
+    names who asked, for the audit trail."""
     now = utcnow()
     with db.transaction() as session:
         job = session.get(Job, job_id, with_for_update=True)
@@ -296,6 +298,6 @@ def retry(db: Database, job_id: int, max_attempts: int | None = None) -> bool:
         previous = job.state
         job.max_attempts = job.attempts + (max_attempts or job.max_attempts)
         job.state, job.not_before, job.finished_at = JobState.QUEUED, now, None
-        session.add(_event(job, Event.REQUEUED, f"retry requested by an operator (was {previous})"))
+        session.add(_event(job, Event.REQUEUED, f"retry requested (was {previous})", worker=by))
         return True
 

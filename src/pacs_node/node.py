@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from db import ingest, queue
+from db import audit, ingest, queue, retention
 from db.engine import Database
 from db.polling import poll
+from db.retention import RetentionPolicy
 from pacs_node import listen, scp
 from pacs_node.dispatch import Dispatcher
 
@@ -16,7 +17,8 @@ log = logging.getLogger("ainode.node")
 
 class Node:
     def __init__(self, receiver: scp.ReceiverConfig, db: Database, policy: queue.QueuePolicy,
-                 dispatcher: Dispatcher, route: queue.Router, receive_db: Database | None = None) -> None:
+                 dispatcher: Dispatcher, route: queue.Router, receive_db: Database | None = None,
+                 retention: RetentionPolicy | None = None, retention_interval: float = 3600.0) -> None:
         """``receive_db``: the receiver's own connection to the database, which waits only briefly for a lock
         so that every C-STORE is answered within a second (0xA700 when the database is held)."""
         self.receiver = scp.Receiver(receiver, receive_db or db)
@@ -24,6 +26,8 @@ class Node:
         self.policy = policy
         self.dispatcher = dispatcher
         self.route = route
+        self.retention = retention
+        self.retention_interval = retention_interval
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._server: listen.Listeners | None = None
@@ -38,6 +42,17 @@ class Node:
         poll(step, self.stopping, min(1.0, max(0.1, self.policy.settle_seconds / 4)), log,
              "cannot queue settled series")
 
+    def _purge(self) -> None:
+        def step() -> bool:
+            assert self.retention is not None
+            for item in retention.purge(self.db, self.receiver.config.storage_root, self.retention,
+                                        audit.actor("retention")):
+                log.info("purged series %s: %d files, %.1f MB (%s)", item.series_instance_uid, len(item.files),
+                         item.size_bytes / 1e6, item.reason)
+            return False
+
+        poll(step, self.stopping, self.retention_interval, log, "cannot purge")
+
     def start(self) -> None:
         left = ingest.reconcile_storage(self.db, self.receiver.config.storage_root)
         for path in left.partial_files:
@@ -49,7 +64,10 @@ class Node:
             log.info("%d series were still receiving when the node last stopped; they settle as possibly partial",
                      abandoned)
         self._server = listen.serve(self.receiver)
-        for name, target in (("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))):
+        tasks = [("settle", self._settle), ("deliver", lambda: self.dispatcher.run(self.stopping))]
+        if self.retention is not None:
+            tasks.append(("retention", self._purge))
+        for name, target in tasks:
             thread = threading.Thread(target=target, name=f"ainode-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)

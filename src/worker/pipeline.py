@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from db.errors import RejectedInput
@@ -21,7 +20,7 @@ from worker.models.runtime import Runtime, segment
 from worker.results.content import source_headers
 from worker.results.findings import Findings, find
 from worker.results.identity import OutputSettings, ResultIdentity, result_identity
-from worker.results.rejection import build_rejection_note
+from worker.results.rejection import build_rejection_note, reference
 from worker.results.seg import build_segmentation
 from worker.results.sr import build_nothing_found_report, build_report
 
@@ -92,21 +91,23 @@ class Pipeline:
             note.append(findings.summary)
         identity = result_identity(spec, self.weights_digest, volume.sop_instance_uids)
         with stage("encode") as note:
-            results = self._encode(job, volume, findings, identity, note)
+            sources = source_headers(volume)
+            results = self._encode(job, volume, sources, findings, identity, note)
             if job.superseded:
-                rejected = [dcmread(self.config.storage_root / r.path, stop_before_pixels=True) for r in job.superseded]
+                study = sources[0]
+                rejected = [reference(r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, study)
+                            for r in job.superseded]
                 ko = build_rejection_note(rejected, spec, identity, output)
                 results.append(self._save(job, REJECTION_NOTE, ko))
                 note.append(f"rejection note for the {len(rejected)} superseded object(s)")
         return results
 
-    def _encode(self, job: ClaimedJob, volume: Volume, findings: Findings, identity: ResultIdentity,
-                note: list[str]) -> list[ResultFile]:
+    def _encode(self, job: ClaimedJob, volume: Volume, sources: list[Dataset], findings: Findings,
+                identity: ResultIdentity, note: list[str]) -> list[ResultFile]:
         spec, output = self.spec, self.config.output
         if not findings.present and output.when_nothing_found != "report":
             note.append("nothing found: no output, as configured (output.when_nothing_found)")
             return []
-        sources = source_headers(volume)
         if not findings.present:
             note.append("nothing found: an SR that says so, no SEG")
             return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output))]

@@ -21,9 +21,22 @@ def rejection_uids(identity: ResultIdentity) -> tuple[str, str]:
         stable_uid(identity.seg_sop_instance_uid, "rejection instance")
 
 
+def reference(sop_class_uid: str, sop_instance_uid: str, series_instance_uid: str, study: Dataset) -> Dataset:
+    """What a rejection note needs of an object it rejects: its UIDs, with the patient and study of
+    ``study`` (a source header of the same study). The object's own file is not read: it may be gone."""
+    ds = Dataset()
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientBirthDate", "PatientSex",
+                    "AccessionNumber", "StudyID", "StudyDate", "StudyTime", "ReferringPhysicianName",
+                    "SpecificCharacterSet"):
+        if keyword in study:
+            setattr(ds, keyword, study.data_element(keyword).value)  # type: ignore[union-attr]
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID = sop_class_uid, sop_instance_uid, series_instance_uid
+    return ds
+
+
 def build_rejection_note(rejected: Sequence[Dataset], spec: ModelSpec, identity: ResultIdentity,
                          settings: OutputSettings) -> hd.ko.KeyObjectSelectionDocument:
-    """A note that references each of ``rejected`` (the headers of the superseded SEG and SR)."""
+    """A note that references each of ``rejected`` (the superseded SEG and SR, as ``reference`` makes them)."""
     series_uid, sop_uid = rejection_uids(identity)
     content = hd.ko.KeyObjectSelection(
         document_title=REJECTED_FOR_QUALITY_REASONS,
