@@ -4,8 +4,11 @@ side (either can be off), each a guarded server running the receiver's handlers.
 from __future__ import annotations
 
 import logging
+import socket
 import socketserver
+import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydicom.uid import (
@@ -26,6 +29,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from db.engine import Database
+from pacs_node.logs import printable
 from pacs_node.scp import Receiver, ReceiverConfig
 from pacs_node.tls import server_context
 
@@ -47,9 +51,35 @@ TRANSFER_SYNTAXES = (
 
 
 class GuardedServer(ThreadedAssociationServer):
-    """The threaded server with a listen backlog that holds a burst of senders (socketserver's is 5)."""
+    """The threaded server with a listen backlog that holds a burst of senders (socketserver's is 5).
+
+    On a TLS port, pynetdicom would do each TLS handshake in the thread that accepts every connection, so
+    one peer that never sends its hello would stop the port; here the handshake is done in the
+    connection's own thread, within the negotiation timeout, and a failed one is refused and audited."""
 
     request_queue_size = 128
+    handshake_timeout = 5.0
+    on_refused: Callable[[str, str], None] = staticmethod(lambda address, reason: None)
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def finish_request(self, request: object, client_address: object) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            address = str(client_address[0]) if isinstance(client_address, tuple) else str(client_address)
+            try:
+                request.settimeout(self.handshake_timeout)
+                request.do_handshake()
+            except (OSError, ssl.SSLError) as exc:
+                self.on_refused(address, f"TLS handshake failed: {getattr(exc, 'reason', None) or exc}")
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        log.debug("connection from %s ended in an error", printable(client_address), exc_info=True)
 
     def shutdown(self) -> None:
         """Stop serving and close the socket (the server was made, not started, by the AE)."""
@@ -108,6 +138,8 @@ def serve(receiver: Receiver) -> Listeners:
                 continue
             server = ae.make_server((config.bind_address, port), evt_handlers=handlers, server_class=GuardedServer,
                                     ssl_context=context)
+            server.handshake_timeout = config.limits.negotiation_timeout
+            server.on_refused = receiver.refused_connection
             servers.append(server)
             receiver.guard.servers.append(server)
             threading.Thread(target=server.serve_forever, name=f"ainode-receive-{port}", daemon=True).start()

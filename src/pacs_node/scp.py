@@ -86,10 +86,17 @@ class Receiver:
 
     def refused(self, event: Event, refusal: Admission) -> None:
         """An association refused at negotiation (nothing was stored): into the audit trail."""
-        calling, address, tls = caller(event)
+        self._audit_refusal(*caller(event), refusal.reason)
+
+    def refused_connection(self, address: str, reason: str) -> None:
+        """A TLS connection that failed its handshake: refused before any association, logged and audited."""
+        self.refusals.line(f"connection from {printable(address)} refused: {printable(reason)}")
+        self._audit_refusal("", address, True, reason)
+
+    def _audit_refusal(self, calling: str, address: str, tls: bool, reason: str) -> None:
         try:
             with self._writing:
-                audit.record_refusal(self.db, self.associations.actor, calling[:16], address[:64], tls, refusal.reason)
+                audit.record_refusal(self.db, self.associations.actor, calling[:16], address[:64], tls, reason[:500])
         except Exception as exc:
             log.error("cannot audit a refused association: %s", one_line(exc))
 
