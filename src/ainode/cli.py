@@ -21,6 +21,7 @@ from rich.console import Console
 from db.errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ainode.access import Access
     from ainode.config import Settings
     from ainode.status import StatusServer
     from db.engine import Database
@@ -146,11 +147,12 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
                                                      settings.database.busy_timeout_seconds))
     node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(_describe_models(settings)),
                 receive_db)
+    access = _status_access(settings) if settings.status.port else None  # a bad secret stops us before we listen
     try:
         node.start()
     except OSError as exc:
         _fail(f"cannot listen on {settings.node.bind_address}:{settings.node.port}: {exc.strerror or exc}")
-    page = _status_page(settings, db, settings.status.port) if settings.status.port else None
+    page = _status_page(settings, db, settings.status.port, access) if access else None
     workers = WorkerPool(_worker_command(config), settings.worker.count)
     log.info("ainode serving as %s on %s:%d with %d worker(s)", settings.node.ae_title, settings.node.bind_address,
              settings.node.port, settings.worker.count)
@@ -171,15 +173,24 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
         raise typer.Exit(2)
 
 
-def _status_page(settings: Settings, db: Database, port: int) -> StatusServer:
+def _status_access(settings: Settings) -> Access:
+    try:
+        return settings.status_access()
+    except ConfigurationError as exc:
+        _fail(f"invalid configuration\n{exc}")
+
+
+def _status_page(settings: Settings, db: Database, port: int, access: Access) -> StatusServer:
     from ainode.status import StatusServer
 
     address = settings.status.bind_address
     try:
-        page = StatusServer(db, address, port).start()
+        page = StatusServer(db, address, port, access, settings.storage.root.resolve(),
+                            settings.queue.max_attempts).start()
     except OSError as exc:
         _fail(f"the status page cannot listen on {address}:{port}: {exc.strerror or exc}")
-    log.info("status page at %s", page.url)
+    log.info("status page at %s (%s)", page.url,
+             f"basic authentication as {access.username}" if access.protected else "no password: loopback only")
     return page
 
 
@@ -192,7 +203,7 @@ def status(config: ConfigOption = None,
     with _opened(config) as (settings, db):
         stop = threading.Event()
         _stop_on_signals(stop)
-        page = _status_page(settings, db, port or settings.status.port or 8080)
+        page = _status_page(settings, db, port or settings.status.port or 8080, _status_access(settings))
         console.print(f"status page at {page.url}")
         try:
             stop.wait()

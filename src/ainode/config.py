@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ainode.access import Access, is_loopback, read_secret
 from db.errors import ConfigurationError
 from db.outbox import DeliveryPolicy
 from db.queue import QueuePolicy
@@ -147,6 +148,16 @@ class OutputSection(_Section):
 class StatusSection(_Section):
     port: int = Field(0, ge=0, le=65535)  # 0: no status page
     bind_address: str = "127.0.0.1"
+    username: str = Field("ainode", min_length=1, max_length=64, pattern=r"^[^:\s]+$")
+    password_file: Path | None = None  # HTTP basic authentication for the page and its JSON
+    metrics_token_file: Path | None = None  # bearer token for /metrics
+
+    @model_validator(mode="after")
+    def _authenticated_beyond_loopback(self) -> "StatusSection":
+        if self.password_file is None and not is_loopback(self.bind_address):
+            raise ValueError(f"status.password_file must be set when status.bind_address ({self.bind_address}) "
+                             "is not a loopback address: the page shows patient data")
+        return self
 
 
 class Settings(BaseSettings):
@@ -215,6 +226,12 @@ class Settings(BaseSettings):
 
     def destination_map(self) -> dict[str, Destination]:
         return {name: Destination(name, d.host, d.port, d.ae_title) for name, d in self.destinations.items()}
+
+    def status_access(self) -> Access:
+        """The status page's credentials, read from their files now (``ConfigurationError`` naming the key)."""
+        s = self.status
+        return Access(s.username, read_secret(s.password_file, "status.password_file") if s.password_file else "",
+                      read_secret(s.metrics_token_file, "status.metrics_token_file") if s.metrics_token_file else "")
 
     def model_entries(self) -> list[ModelEntry]:
         return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]

@@ -18,6 +18,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
+from pacs_node import metrics
 from pacs_node.connection import GuardConfig, GuardedSocket, InflightBudget
 from pacs_node.logs import RefusalLog, printable
 
@@ -115,6 +116,7 @@ class ConnectionGuard:
         if established >= self.config.maximum_associations:
             self.refusals.line(f"association from {printable(event.assoc.requestor.primitive.calling_ae_title, 16)} "
                                f"rejected: {established} associations are established")
+            metrics.association(event.assoc.requestor.primitive.calling_ae_title, accepted=False)
             event.assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, presentation related, local limit
             event.assoc.kill()  # as pynetdicom's own rejection does: returns once the A-ASSOCIATE-RJ is out
 

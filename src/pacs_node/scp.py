@@ -39,6 +39,7 @@ from db import ingest
 from db.engine import Database
 from db.errors import one_line
 from db.storage import InvalidUID, instance_path, write_atomic
+from pacs_node import metrics
 from pacs_node.connection import GuardConfig
 from pacs_node.decode import DatasetTooLarge, UndecodableElement, decode_dataset
 from pacs_node.guard import ConnectionGuard
@@ -105,6 +106,7 @@ class Receiver:
             log.debug("C-STORE failure", exc_info=True)
             status = with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
         code = status if isinstance(status, int) else int(status.Status)
+        metrics.instance_answered(code)
         if code != SUCCESS:
             comment = "" if isinstance(status, int) else f": {status.get('ErrorComment', '')}"
             self._transfer(event).refused(f"0x{code:04X}{comment}")
@@ -247,6 +249,7 @@ def serve(receiver: Receiver) -> ThreadedAssociationServer:
         (evt.EVT_C_STORE, receiver.handle_store),
         (evt.EVT_RELEASED, receiver.handle_released),
         (evt.EVT_CONN_CLOSE, receiver.handle_close),
+        *metrics.HANDLERS,
     ]
     server = make_ae(config).make_server((config.bind_address, config.port),
                                          evt_handlers=receiver.guard.handlers() + handlers, server_class=GuardedServer)
