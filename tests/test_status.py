@@ -20,12 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from sqlalchemy import select
 
+from ainode import exporter
 from ainode.access import Access
 from ainode.config import load_settings
 from ainode.kit import wait_for
 from ainode.status import StatusServer
 from conftest import PostgreSQL, free_port
-from db import ingest, monitor, queue
+from db import ingest, monitor, overview, queue
 from db.engine import Database
 from db.errors import ConfigurationError
 from db.models import JobEvent, utcnow
@@ -346,3 +347,30 @@ def test_authentication_is_required_beyond_loopback(tmp_path: Path, monkeypatch:
     config.write_text('[status]\nusername = "a:b"\n')
     with pytest.raises(ConfigurationError, match=r"status\.username"):
         load_settings(config)
+
+
+def test_stage_times_are_added_once_even_when_committed_out_of_order(database: Database) -> None:
+    job = settled_job(database)
+    queue.claim(database, "w", POLICY, MODELS)
+    queue.record_stage(database, job, "w", "assemble", 1.0)
+    totals = exporter.StageHistograms(overlap=10)
+    totals.update(database)
+    totals.update(database)
+    assert totals.stages["assemble"].count == 1
+
+    def stage_event(event_id: int, seconds: float) -> None:
+        with database.transaction() as session:
+            session.add(JobEvent(id=event_id, job_id=job, kind="stage", stage="assemble", seconds=seconds,
+                                 attempt=1, at=utcnow(), message=""))
+
+    top = overview.last_event_id(database)
+    stage_event(top + 10, 2.0)  # a higher id committed first...
+    totals.update(database)
+    stage_event(top + 5, 4.0)  # ...and a lower one after it, as PostgreSQL allows
+    totals.update(database)
+    totals.update(database)
+    assert (totals.stages["assemble"].count, totals.stages["assemble"].total) == (3, 7.0)
+    restarted = exporter.StageHistograms(overlap=10)  # a new process sums everything in SQL
+    restarted.update(database)
+    assert restarted.stages["assemble"].histogram() == totals.stages["assemble"].histogram()
+    assert restarted.models == {} and totals.models == {}  # no model stage ran

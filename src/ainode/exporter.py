@@ -37,7 +37,58 @@ def _histogram(name: str, documentation: str, label: str,
     return family
 
 
-def database_metrics(db: Database) -> list[Metric]:
+class _Accumulator:
+    def __init__(self, bounds: tuple[float, ...], start: overview.Histogram | None = None) -> None:
+        self.bounds = bounds
+        self.cumulative = list(start.cumulative) if start else [0] * len(bounds)
+        self.count, self.total = (start.count, start.total) if start else (0, 0.0)
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        for n, bound in enumerate(self.bounds):
+            if seconds <= bound:
+                self.cumulative[n] += 1
+
+    def histogram(self) -> overview.Histogram:
+        return overview.Histogram(self.bounds, tuple(self.cumulative), self.count, self.total)
+
+
+class StageHistograms:
+    """Stage times of every attempt, per stage and (the model's stage) per model, kept current without
+    reading all of ``job_events`` at each scrape: summed in SQL once up to an event id, then new rows are
+    added one by one. Each update reads the last ``overlap`` ids again, so that a row committed after one
+    with a higher id (PostgreSQL hands ids out before commit) is still counted, and counted once."""
+
+    def __init__(self, bounds: tuple[float, ...] = overview.STAGE_BUCKETS, overlap: int = 1000) -> None:
+        self.bounds = bounds
+        self.overlap = overlap
+        self.stages: dict[str, _Accumulator] = {}
+        self.models: dict[str, _Accumulator] = {}
+        self._base: int | None = None  # events up to this id were summed in SQL
+        self._top = 0  # the highest stage event id added since
+        self._added: set[int] = set()  # ids above _top - overlap already added
+
+    def update(self, db: Database) -> None:
+        if self._base is None:
+            base = max(0, overview.last_event_id(db) - self.overlap)
+            stages, models = overview.stage_histograms(db, self.bounds, base), \
+                overview.inference_histograms(db, self.bounds, base)
+            self.stages = {k: _Accumulator(self.bounds, h) for k, h in stages.items()}
+            self.models = {k: _Accumulator(self.bounds, h) for k, h in models.items()}
+            self._base = self._top = base
+        for row in overview.stage_observations(db, after=max(self._base, self._top - self.overlap)):
+            if row.event_id in self._added:
+                continue
+            self._added.add(row.event_id)
+            self._top = max(self._top, row.event_id)
+            self.stages.setdefault(row.stage, _Accumulator(self.bounds)).observe(row.seconds)
+            if row.stage == overview.INFERENCE_STAGE:
+                self.models.setdefault(row.model, _Accumulator(self.bounds)).observe(row.seconds)
+        self._added = {i for i in self._added if i > self._top - self.overlap}
+
+
+def database_metrics(db: Database, stage_times: StageHistograms) -> list[Metric]:
     """Every metric read from the database, in one go (raises when it cannot be read)."""
     now = utcnow()
     jobs = GaugeMetricFamily("ainode_jobs", "Jobs per state (all jobs in the database)", labels=["state"])
@@ -49,6 +100,7 @@ def database_metrics(db: Database) -> list[Metric]:
     for (state, destination), n in sorted(overview.delivery_states(db).items()):
         deliveries.add_metric([state, destination], n)
     waiting_since = overview.oldest_waiting_delivery(db)
+    stage_times.update(db)
     return [
         jobs,
         GaugeMetricFamily("ainode_queue_depth", "Jobs queued (due now or backing off after a failed attempt)",
@@ -61,10 +113,10 @@ def database_metrics(db: Database) -> list[Metric]:
                           "Age of the oldest delivery not sent yet (0 when none)",
                           value=max(0.0, (now - waiting_since).total_seconds()) if waiting_since else 0.0),
         _histogram("ainode_stage_duration_seconds", "Seconds per stage of every attempt recorded", "stage",
-                   overview.stage_histograms(db)),
+                   {k: a.histogram() for k, a in stage_times.stages.items()}),
         _histogram("ainode_inference_duration_seconds",
                    f"Seconds of the model's stage ({overview.INFERENCE_STAGE}) per model", "model",
-                   overview.inference_histograms(db)),
+                   {k: a.histogram() for k, a in stage_times.models.items()}),
     ]
 
 
@@ -89,10 +141,11 @@ class NodeCollector:
         self.database_timeout = database_timeout
         self._lock = threading.Lock()
         self._current: _Read | None = None
+        self._stage_times = StageHistograms()  # touched by one reading at a time
 
     def _run(self, read: _Read) -> None:
         try:
-            read.metrics = database_metrics(self.db)
+            read.metrics = database_metrics(self.db, self._stage_times)
         except Exception as exc:  # a scrape answers whatever went wrong; the reason is logged
             read.problem = one_line(exc)
         finally:

@@ -5,6 +5,7 @@ worker on every machine sharing the database is counted and nothing is lost when
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import math
 from collections.abc import Sequence
@@ -67,11 +68,12 @@ class WaitingDelivery:
 
 def job_states(db: Database, since: dt.datetime | None = None) -> dict[str, int]:
     """Jobs per state (every state present, zeros included); only jobs created ``since``, when given."""
-    query = select(Job.state, func.count()).group_by(Job.state)
-    if since is not None:
-        query = query.where(Job.created_at >= since)
     with db.read() as session:
-        found = {state: int(n) for state, n in session.execute(query)}
+        if since is None:  # counted in the state index
+            found = {state: int(n) for state, n in session.execute(select(Job.state, func.count())
+                                                                    .group_by(Job.state))}
+        else:  # the few recent jobs, found by the creation-time index
+            found = dict(collections.Counter(session.scalars(select(Job.state).where(Job.created_at >= since))))
     return {state.value: found.pop(state.value, 0) for state in JobState} | found
 
 
@@ -121,24 +123,52 @@ def _histograms(rows: Sequence[Sequence[Any]], bounds: Sequence[float]) -> dict[
             for key, count, total, *counts in rows}
 
 
-def stage_histograms(db: Database, bounds: Sequence[float] = STAGE_BUCKETS) -> dict[str, Histogram]:
-    """Seconds per stage over every attempt ever recorded (``job_events`` rows of kind ``stage``)."""
-    query = (select(JobEvent.stage, *_histogram_columns(bounds))
-             .where(JobEvent.kind == JobEventKind.STAGE, JobEvent.seconds.is_not(None), JobEvent.stage.is_not(None))
-             .group_by(JobEvent.stage))
+_STAGE_ROWS = (JobEvent.kind == JobEventKind.STAGE, JobEvent.seconds.is_not(None), JobEvent.stage.is_not(None))
+
+
+def stage_histograms(db: Database, bounds: Sequence[float] = STAGE_BUCKETS,
+                     up_to: int | None = None) -> dict[str, Histogram]:
+    """Seconds per stage over every attempt recorded (``job_events`` rows of kind ``stage``), up to the
+    event id ``up_to`` when given. A scan of every event: the metrics do it once, then add new rows."""
+    query = select(JobEvent.stage, *_histogram_columns(bounds)).where(*_STAGE_ROWS).group_by(JobEvent.stage)
+    if up_to is not None:
+        query = query.where(JobEvent.id <= up_to)
     with db.read() as session:
         return _histograms(session.execute(query).all(), bounds)
 
 
-def inference_histograms(db: Database, bounds: Sequence[float] = STAGE_BUCKETS) -> dict[str, Histogram]:
-    """Seconds of the model's stage per model (name as the worker recorded it on the job)."""
+def inference_histograms(db: Database, bounds: Sequence[float] = STAGE_BUCKETS,
+                         up_to: int | None = None) -> dict[str, Histogram]:
+    """Seconds of the model's stage per model (the job's model), up to the event id ``up_to`` when given."""
     model = func.coalesce(Job.model, "unknown")
     query = (select(model, *_histogram_columns(bounds)).join(Job, JobEvent.job_id == Job.id)
-             .where(JobEvent.kind == JobEventKind.STAGE, JobEvent.stage == INFERENCE_STAGE,
-                    JobEvent.seconds.is_not(None))
-             .group_by(model))
+             .where(*_STAGE_ROWS, JobEvent.stage == INFERENCE_STAGE).group_by(model))
+    if up_to is not None:
+        query = query.where(JobEvent.id <= up_to)
     with db.read() as session:
         return _histograms(session.execute(query).all(), bounds)
+
+
+@dataclass(frozen=True)
+class StageObservation:
+    event_id: int
+    stage: str
+    model: str
+    seconds: float
+
+
+def last_event_id(db: Database) -> int:
+    with db.read() as session:
+        return int(session.scalar(select(func.max(JobEvent.id))) or 0)
+
+
+def stage_observations(db: Database, after: int) -> list[StageObservation]:
+    """Stage times recorded in events with an id above ``after`` (a range of the primary key)."""
+    query = (select(JobEvent.id, JobEvent.stage, func.coalesce(Job.model, "unknown"), JobEvent.seconds)
+             .join(Job, JobEvent.job_id == Job.id).where(JobEvent.id > after, *_STAGE_ROWS).order_by(JobEvent.id))
+    with db.read() as session:
+        return [StageObservation(int(i), str(stage), str(model), float(seconds or 0.0))
+                for i, stage, model, seconds in session.execute(query)]
 
 
 def percentile(ordered: Sequence[float], q: float) -> float:
@@ -152,11 +182,11 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 def stage_times(db: Database, since: dt.datetime) -> list[StageTimes]:
-    """Median and 95th percentile of each stage's seconds over the attempts recorded ``since``, stages
-    in the order they run."""
+    """Median and 95th percentile of each stage's seconds over the attempts recorded ``since`` by jobs
+    created ``since`` (found by the jobs' creation-time index), stages in the order they run."""
+    recent = select(Job.id).where(Job.created_at >= since)
     query = (select(JobEvent.stage, JobEvent.seconds)
-             .where(JobEvent.kind == JobEventKind.STAGE, JobEvent.at >= since, JobEvent.seconds.is_not(None),
-                    JobEvent.stage.is_not(None)).order_by(JobEvent.id))
+             .where(JobEvent.job_id.in_(recent), JobEvent.at >= since, *_STAGE_ROWS).order_by(JobEvent.id))
     values: dict[str, list[float]] = {}
     with db.read() as session:
         for stage, seconds in session.execute(query):
