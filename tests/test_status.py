@@ -209,6 +209,19 @@ def test_a_page_without_password_answers_loopback_names_only(page: StatusServer)
     assert get(page, "/healthz", Host="rebound.evil.example")[0] == 200
 
 
+
+def test_a_page_without_password_behind_an_authenticating_proxy(database: Database) -> None:
+    server = StatusServer(database, "127.0.0.1", 0, Access(allowed_hosts=("ainode.hospital.example",))).start()
+    try:
+        assert get(server, "/", Host="ainode.hospital.example")[0] == 200
+        assert get(server, "/", Host="ainode.hospital.example:443")[0] == 200
+        assert get(server, "/", Host="rebound.evil.example")[0] == 403
+        proxied = {"Host": "ainode.hospital.example", "Origin": "https://ainode.hospital.example"}
+        assert retry(server, 999, **proxied)[0] == 404  # past the origin check: there is no job 999
+    finally:
+        server.stop()
+
+
 def test_basic_authentication_and_a_bearer_token_for_metrics(database: Database) -> None:
     access = Access("ainode", "s3cret pass", "scrape-token")
     server = StatusServer(database, "127.0.0.1", 0, access).start()

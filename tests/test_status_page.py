@@ -113,7 +113,8 @@ def test_metrics_and_the_page_in_chromium_of_a_running_node(tmp_path: Path, node
     assert samples[("ainode_stage_duration_seconds_count", (("stage", "segment"),))] == 1
     # a rejected attempt records no stage time: only the processed series' stages are counted
     assert samples[("ainode_stage_duration_seconds_count", (("stage", "assemble"),))] == 1
-    assert samples[("ainode_inference_duration_seconds_count", (("model", "ainode-demo-chest-ct"),))] == 1
+    model = jobs(node)[good_uid].model  # the configured name: "demo", the bundled model
+    assert samples[("ainode_inference_duration_seconds_count", (("model", model),))] == 1
     assert samples[("ainode_storage_free_bytes", ())] > 0
 
     # the page, as a person sees it

@@ -54,6 +54,7 @@ class Access:
     username: str = ""
     password: str = field(default="", repr=False)  # empty: no authentication (only allowed on loopback)
     metrics_token: str = field(default="", repr=False)  # empty: /metrics open
+    allowed_hosts: tuple[str, ...] = ()  # names a page without password answers besides loopback ones
     csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     @property
@@ -83,9 +84,11 @@ class Access:
         return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.metrics_token.encode())
 
     def host_allowed(self, host_header: str | None) -> bool:
-        """A page without a password answers only requests addressed to a loopback name: a web page whose
-        own name was made to resolve to 127.0.0.1 (DNS rebinding) must not read it."""
-        return self.protected or is_loopback(_host_name(host_header or ""))
+        """A page without a password answers only requests addressed to a loopback name or to one of
+        ``allowed_hosts`` (an authenticating proxy's): a web page whose own name was made to resolve to
+        127.0.0.1 (DNS rebinding) must not read it."""
+        name = _host_name(host_header or "")
+        return self.protected or is_loopback(name) or name in self.allowed_hosts
 
     @property
     def csrf_token(self) -> str:

@@ -198,7 +198,8 @@ def _status_page(settings: Settings, db: Database, port: int, access: Access) ->
 def status(config: ConfigOption = None,
            port: Annotated[Optional[int], typer.Option(help="Port (default: status.port, else 8080)")] = None,
            verbose: bool = False) -> None:
-    """Serve the read-only status page alone (jobs, events, deliveries; /api/jobs as JSON) until stopped."""
+    """Serve the status page alone (queue, jobs, failed jobs with a retry button, deliveries; /api/jobs as JSON;
+    /metrics) until stopped."""
     _logging(verbose)
     with _opened(config) as (settings, db):
         stop = threading.Event()

@@ -151,6 +151,7 @@ class StatusSection(_Section):
     username: str = Field("ainode", min_length=1, max_length=64, pattern=r"^[^:\s]+$")
     password_file: Path | None = None  # HTTP basic authentication for the page and its JSON
     metrics_token_file: Path | None = None  # bearer token for /metrics
+    allowed_hosts: list[str] = []  # a page without password: host names it answers besides loopback ones
 
     @model_validator(mode="after")
     def _authenticated_beyond_loopback(self) -> "StatusSection":
@@ -231,7 +232,8 @@ class Settings(BaseSettings):
         """The status page's credentials, read from their files now (``ConfigurationError`` naming the key)."""
         s = self.status
         return Access(s.username, read_secret(s.password_file, "status.password_file") if s.password_file else "",
-                      read_secret(s.metrics_token_file, "status.metrics_token_file") if s.metrics_token_file else "")
+                      read_secret(s.metrics_token_file, "status.metrics_token_file") if s.metrics_token_file else "",
+                      tuple(name.lower() for name in s.allowed_hosts))
 
     def model_entries(self) -> list[ModelEntry]:
         return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]
