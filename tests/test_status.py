@@ -244,13 +244,17 @@ def test_basic_authentication_and_a_bearer_token_for_metrics(database: Database)
 
 def test_metrics_from_the_database(page: StatusServer, database: Database) -> None:
     finish_two_jobs(database)
+    backing_off = settled_job(database, "1.2.3.8")
+    queue.claim(database, "w", POLICY, MODELS)
+    queue.fail(database, backing_off, "w", "out of memory", POLICY)  # queued again, due in 10 s
     settled_job(database, "1.2.3.6")
     found = metrics(page)
     assert value(found["ainode_database_up"], "ainode_database_up") == 1
     jobs = found["ainode_jobs"]
-    assert {s.labels["state"]: s.value for s in jobs} == {"queued": 1, "running": 0, "succeeded": 1, "failed": 0,
+    assert {s.labels["state"]: s.value for s in jobs} == {"queued": 2, "running": 0, "succeeded": 1, "failed": 0,
                                                           "rejected": 1, "superseded": 0}
-    assert value(found["ainode_queue_depth"], "ainode_queue_depth") == 1
+    assert value(found["ainode_queue_depth"], "ainode_queue_depth") == 2
+    assert value(found["ainode_queue_due"], "ainode_queue_due") == 1
     assert 0 < value(found["ainode_queue_oldest_age_seconds"], "ainode_queue_oldest_age_seconds") < 60
     assert value(found["ainode_deliveries"], "ainode_deliveries", state="pending", destination="pacs") == 1
     stages = found["ainode_stage_duration_seconds"]

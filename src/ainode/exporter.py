@@ -106,7 +106,8 @@ def database_metrics(db: Database, stage_times: StageHistograms) -> list[Metric]
         GaugeMetricFamily("ainode_queue_depth", "Jobs queued (due now or backing off after a failed attempt)",
                           value=depth.queued),
         GaugeMetricFamily("ainode_queue_due", "Queued jobs a worker may claim now", value=depth.due),
-        GaugeMetricFamily("ainode_queue_oldest_age_seconds", "Age of the oldest queued job (0 when none)",
+        GaugeMetricFamily("ainode_queue_oldest_age_seconds", "Seconds the longest-waiting due job has waited "
+                          "for a worker (0 when none is due)",
                           value=depth.oldest_age_seconds(now)),
         deliveries,
         GaugeMetricFamily("ainode_deliveries_oldest_waiting_age_seconds",

@@ -98,8 +98,8 @@ def _supersedes(row: monitor.JobRow) -> str:
 def _summary(view: Overview) -> str:
     depth = view.depth
     boxes = [("queued", f"{depth.queued}", f"{depth.due} due now"),
-             ("oldest queued", _ago(view.now, depth.oldest_queued_at).removesuffix(" ago"),
-              "waiting" if depth.oldest_queued_at else "nothing waiting"),
+             ("longest wait", _ago(view.now, depth.oldest_due_since).removesuffix(" ago"),
+              "for a worker" if depth.oldest_due_since else "nothing waits"),
              ("running", str(view.states_all.get(JobState.RUNNING, 0)), "jobs"),
              ("failed", str(view.states_day.get(JobState.FAILED, 0) + view.states_day.get(JobState.REJECTED, 0)),
               "or rejected, last day"),

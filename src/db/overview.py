@@ -28,10 +28,12 @@ WAITING = (DeliveryState.PENDING, DeliveryState.SENDING)
 class QueueDepth:
     queued: int  # jobs waiting for a worker, due now or backing off after a failed attempt
     due: int  # of which a worker may claim now
-    oldest_queued_at: dt.datetime | None  # when the oldest queued job was created
+    oldest_due_since: dt.datetime | None  # since when the due job that has waited longest may be claimed
 
     def oldest_age_seconds(self, now: dt.datetime) -> float:
-        return max(0.0, (now - self.oldest_queued_at).total_seconds()) if self.oldest_queued_at else 0.0
+        """How long the longest-waiting due job has waited for a worker (0 when none is due): a job backing
+        off after a failed attempt is not waiting for one."""
+        return max(0.0, (now - self.oldest_due_since).total_seconds()) if self.oldest_due_since else 0.0
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ def queue_depth(db: Database, now: dt.datetime | None = None) -> QueueDepth:
     with db.read() as session:
         queued, due, oldest = session.execute(
             select(func.count(), func.coalesce(func.sum(case((Job.not_before <= now, 1), else_=0)), 0),
-                   func.min(Job.created_at)).where(Job.state == JobState.QUEUED)).one()
+                   func.min(case((Job.not_before <= now, Job.not_before), else_=None)))
+            .where(Job.state == JobState.QUEUED)).one()
     return QueueDepth(int(queued), int(due), oldest)
 
 
