@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import socket
 import struct
@@ -251,6 +252,10 @@ def http_get(url: str) -> tuple[int, bytes]:
 def test_compose_runs_a_study_from_orthanc_through_ainode_and_back(engine: Engine, tmp_path: Path) -> None:
     figures: dict[str, object] = {"build seconds": build_images(engine)}
     compose = [*engine.compose, "-f", str(COMPOSE_FILE), "-p", PROJECT]
+    password = tmp_path / "status-password"  # the status page's, as a site makes it (docker/README.md)
+    password.write_text(secrets.token_urlsafe(18) + "\n")
+    password.chmod(0o644)
+    engine.env["STATUS_PASSWORD_FILE"] = str(password)
     up = time.monotonic()
     try:
         subprocess.run([*compose, "up", "--detach", "--no-build"], check=True, env=engine.env, capture_output=True,

@@ -45,6 +45,8 @@ def test_the_image_and_compose_environment_is_a_valid_configuration(compose: dic
     orthanc = compose["services"]["orthanc"]["environment"]
     assert settings.node.allowed_calling_ae_titles == [orthanc["ORTHANC__DICOM_AET"]]
     assert settings.node.bind_address == "0.0.0.0"  # reachable from the other containers
+    assert settings.status.bind_address == "0.0.0.0" and settings.status.password_file is not None
+    assert "status-password" in compose["services"]["ainode"]["secrets"]
     pacs = settings.destinations[settings.delivery.result_destinations[0]]
     assert (pacs.host, pacs.port, pacs.ae_title) == ("orthanc", int(orthanc["ORTHANC__DICOM_PORT"]),
                                                      orthanc["ORTHANC__DICOM_AET"])

@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ainode.access import Access, read_secret
 from ainode.sections import (
     DEFAULT_DESTINATION,
     DatabaseSection,
@@ -128,6 +129,13 @@ class Settings(BaseSettings):
 
         return {name: Destination(name, d.host, d.port, d.ae_title, tls(name, d))
                 for name, d in self.destinations.items()}
+
+    def status_access(self) -> Access:
+        """The status page's credentials, read from their files now (``ConfigurationError`` naming the key)."""
+        s = self.status
+        return Access(s.username, read_secret(s.password_file, "status.password_file") if s.password_file else "",
+                      read_secret(s.metrics_token_file, "status.metrics_token_file") if s.metrics_token_file else "",
+                      tuple(name.lower() for name in s.allowed_hosts))
 
     def model_entries(self) -> list[ModelEntry]:
         return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]

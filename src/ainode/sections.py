@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ainode.access import is_loopback
 from worker.models.registry import Kind
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire without backslash
@@ -186,3 +187,14 @@ class RetentionSection(_Section):
 class StatusSection(_Section):
     port: int = Field(0, ge=0, le=65535)  # 0: no status page
     bind_address: str = "127.0.0.1"
+    username: str = Field("ainode", min_length=1, max_length=64, pattern=r"^[^:\s]+$")
+    password_file: Path | None = None  # HTTP basic authentication for the page and its JSON
+    metrics_token_file: Path | None = None  # bearer token for /metrics
+    allowed_hosts: list[str] = []  # a page without password: host names it answers besides loopback ones
+
+    @model_validator(mode="after")
+    def _authenticated_beyond_loopback(self) -> "StatusSection":
+        if self.password_file is None and not is_loopback(self.bind_address):
+            raise ValueError(f"status.password_file must be set when status.bind_address ({self.bind_address}) "
+                             "is not a loopback address: the page shows patient data")
+        return self

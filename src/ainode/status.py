@@ -1,42 +1,49 @@
-"""A read-only status page over the database: the job table, each job's events, outputs and deliveries,
-the same as JSON, and a health check. It only reads (``db.monitor``), so it may run beside ``ainode serve``
-or on any machine that reaches the database.
+"""The status page over the database: the overview (queue, jobs per state, stage times, failed jobs with
+a retry button, deliveries waiting, the newest jobs), each job's page, the same as JSON, Prometheus
+metrics at ``/metrics`` and a health check at ``/healthz``. It reads through ``db.monitor`` and
+``db.overview`` and writes only through ``db.queue.retry``, so it may run inside ``ainode serve`` or on
+any machine that reaches the database.
 
-The page shows patient IDs: it listens on 127.0.0.1 unless configured otherwise; put it behind the
-hospital's authenticating reverse proxy before opening it to a network.
+It shows patient data: without a password (``status.password_file``) it listens on loopback only and
+answers only requests addressed to a loopback name; ``/healthz`` is always open, ``/metrics`` is open
+unless ``status.metrics_token_file`` is set (see ``ainode.access``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import html
 import json
 import logging
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from db import monitor
+from ainode import exporter, pages
+from ainode.access import Access
+from db import monitor, overview, queue
 from db.engine import Database
-from db.states import JobState
+from db.models import utcnow
 
 log = logging.getLogger(__name__)
 
-STATES = tuple(JobState)
+STATES = pages.STATES
 _JOB = re.compile(r"^/(api/)?jobs/(\d+)$")
-_STYLE = """
-body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 1.5em; }
-th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
-th { background: #f3f3f3; }
-.succeeded { color: #17803d; } .failed { color: #c0262d; } .rejected { color: #a3269b; }
-.running { color: #1d6fb8; } .queued { color: #9a6a00; } .superseded { color: #777; }
-"""
+_RETRY = re.compile(r"^/jobs/(\d+)/retry$")
+_FORM_LIMIT = 4096
+_TEXT = "text/plain; charset=utf-8"
+_HTML = "text/html; charset=utf-8"
+_HEADERS = {  # nothing on the page runs script, so nothing injected could
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY", "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
 
 
 def _json_default(value: object) -> object:
@@ -45,63 +52,17 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
-def _cell(value: object) -> str:
-    return html.escape("" if value is None else str(value))
-
-
-def _page(title: str, body: str, refresh: bool) -> bytes:
-    meta = '<meta http-equiv="refresh" content="5">' if refresh else ""
-    return (f'<!doctype html><html><head><meta charset="utf-8">{meta}<title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>").encode()
-
-
-def _table(columns: tuple[str, ...], rows: list[list[str]]) -> str:
-    head = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "</tr>" if any(columns) else ""
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
-
-
-def _supersedes(row: monitor.JobRow) -> str:
-    return f'supersedes <a href="/jobs/{row.supersedes}">job {row.supersedes}</a>; ' if row.supersedes else ""
-
-
-def jobs_page(rows: list[monitor.JobRow], state: str | None) -> bytes:
-    filters = " ".join(f'<a href="/?state={s}">{s}</a>' for s in STATES)
-    table = _table(
-        ("job", "state", "patient", "series", "modality", "instances", "model", "tries", "created", "stages",
-         "delivered", "reason"),
-        [[f'<a href="/jobs/{row.id}">{row.id}</a>', f'<span class="{row.state}">{row.state}</span>',
-          _cell(row.patient_id), _cell(row.series_instance_uid), _cell(row.modality), str(row.instances),
-          _cell(row.model or "-"), f"{row.attempts}/{row.max_attempts}", _cell(row.created_at.strftime("%F %T")),
-          _cell(row.stages), _cell(row.delivered), _supersedes(row) + _cell(row.error or "")] for row in rows])
-    shown = f"{len(rows)} most recent jobs" + (f" in state {html.escape(state)}" if state else "") + " (times in UTC)"
-    return _page("ainode jobs", f'<p>{shown}; show <a href="/">all</a> {filters}</p>{table}', refresh=True)
-
-
-def job_page(detail: monitor.JobDetail) -> bytes:
-    row = detail.row
-    facts = _table(("", ""), [
-        ["state", f'<span class="{row.state}">{row.state}</span>'], ["patient", _cell(row.patient_id)],
-        ["study", _cell(row.study_instance_uid)],
-        ["series", _cell(f"{row.series_instance_uid} ({row.modality}, {row.instances} instances)")],
-        ["model", _cell(row.model or "-")], ["attempts", f"{row.attempts} of {row.max_attempts}"],
-        ["supersedes", _supersedes(row).removesuffix("; ") or "-"], ["delivered", _cell(row.delivered)],
-        ["created", _cell(row.created_at)], ["finished", _cell(row.finished_at or "-")],
-        ["lease", _cell(f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-")],
-        ["reason", _cell(row.error or "-")]])
-    events = _table(("at", "event", "try", "stage", "seconds", "worker", "message"), [
-        [_cell(e.at.strftime("%F %T.%f")[:-3]), _cell(e.kind), str(e.attempt), _cell(e.stage or ""),
-         f"{e.seconds:.2f}" if e.seconds is not None else "", _cell(e.worker or ""), _cell(e.message)]
-        for e in detail.events])
-    outputs = _table(("object", "SOP Instance UID", "file"),
-                     [[_cell(r.kind), _cell(r.sop_instance_uid), _cell(r.path)] for r in detail.results])
-    deliveries = _table(("object", "destination", "state", "tries", "status", "delivered", "error"), [
-        [_cell(d.kind), _cell(d.destination), _cell(d.state), str(d.attempts),
-         f"0x{d.last_status:04X}" if d.last_status is not None else "", _cell(d.delivered_at or ""),
-         _cell(d.error or "")] for d in detail.deliveries])
-    body = (f'<p><a href="/">all jobs</a> (times in UTC)</p>{facts}<h2>Events</h2>{events}<h2>Outputs</h2>{outputs}'
-            f"<h2>Deliveries</h2>{deliveries}")
-    return _page(f"ainode job {row.id}", body, refresh=not JobState(row.state).final)
+def read_overview(db: Database, state: str | None) -> pages.Overview:
+    now = utcnow()
+    waiting = overview.delivery_states(db)
+    return pages.Overview(
+        now=now, depth=overview.queue_depth(db, now),
+        states_hour=overview.job_states(db, now - dt.timedelta(hours=1)),
+        states_day=overview.job_states(db, now - dt.timedelta(days=1)), states_all=overview.job_states(db),
+        stage_times=overview.stage_times(db, now - dt.timedelta(days=1)),
+        failed=monitor.jobs(db, limit=20, state=pages.RETRYABLE), waiting=overview.waiting_deliveries(db),
+        waiting_count=sum(n for (s, _), n in waiting.items() if s in overview.WAITING),
+        recent=monitor.jobs(db, state=state))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -110,60 +71,140 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard library's name
         log.debug("status page: " + format, *args)
 
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
+    def _send(self, status: int, body: bytes, content_type: str, **headers: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
+        for name, value in {"Content-Type": content_type, "Content-Length": str(len(body)), **_HEADERS,
+                            **{k.replace("_", "-"): v for k, v in headers.items()}}.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+    def _text(self, status: int, message: str, **headers: str) -> None:
+        self._send(status, f"{message}\n".encode(), _TEXT, **headers)
 
     def _json(self, status: int, value: object) -> None:
         self._send(status, json.dumps(value, default=_json_default).encode(), "application/json")
 
+    def _may_read(self) -> bool:
+        """The page's own checks (Host, then credentials); answers the refusal itself."""
+        access = self.server.access
+        if not access.host_allowed(self.headers.get("Host")):
+            self._text(403, "this page has no password and answers only requests for localhost or a loopback "
+                            "address (set status.password_file to open it to a network)")
+            return False
+        if not access.person(self.headers.get("Authorization")):
+            self._text(401, "authentication required", WWW_Authenticate='Basic realm="ainode", charset="UTF-8"')
+            return False
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 - the standard library's name
         url = urlsplit(self.path)
-        state = parse_qs(url.query).get("state", [None])[0]
+        if url.path == "/metrics":
+            self._metrics()
+            return
+        if url.path != "/healthz" and not self._may_read():
+            return
+        query = parse_qs(url.query)
+        state = query.get("state", [None])[0]
         try:
-            self._route(url.path, state if state in STATES else None)
+            self._route(url.path, state if state in STATES else None, query.get("retried", [""])[0])
         except SQLAlchemyError as exc:
             log.warning("status page: the database cannot be read: %s", exc)
-            self._send(503, b"the database cannot be read\n", "text/plain; charset=utf-8")
+            self._text(503, "the database cannot be read")
 
-    def _route(self, path: str, state: str | None) -> None:
-        db = self.server.database
+    def _metrics(self) -> None:
+        access = self.server.access
+        if not access.host_allowed(self.headers.get("Host")):
+            self._text(403, "this page answers only requests for localhost or a loopback address")
+        elif not access.scraper(self.headers.get("Authorization")):
+            self._text(401, "a bearer token is required (status.metrics_token_file)",
+                       WWW_Authenticate='Bearer realm="ainode metrics"')
+        else:
+            body, content_type = exporter.exposition(self.server.metrics, self.headers.get("Accept"))
+            self._send(200, body, content_type)
+
+    def _route(self, path: str, state: str | None, retried: str) -> None:
+        db, token = self.server.database, self.server.access.csrf_token
         if path == "/healthz":
             monitor.jobs(db, limit=1)
-            self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            self._text(200, "ok")
         elif path in ("/", "/index.html"):
-            self._send(200, jobs_page(monitor.jobs(db, state=state), state), "text/html; charset=utf-8")
+            notice = f"Job {int(retried)} queued again." if retried.isdigit() else ""
+            self._send(200, pages.overview_page(read_overview(db, state), state, token, notice), _HTML)
         elif path == "/api/jobs":
             self._json(200, [dataclasses.asdict(row) for row in monitor.jobs(db, state=state)])
         elif match := _JOB.match(path):
             detail = monitor.job(db, int(match.group(2)))
             if detail is None:
-                self._send(404, f"there is no job {match.group(2)}\n".encode(), "text/plain; charset=utf-8")
+                self._text(404, f"there is no job {match.group(2)}")
             elif match.group(1):
                 self._json(200, dataclasses.asdict(detail))
             else:
-                self._send(200, job_page(detail), "text/html; charset=utf-8")
+                self._send(200, pages.job_page(detail, token), _HTML)
         else:
-            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+            self._text(404, "not found")
+
+    def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        if not self._may_read():
+            return
+        match = _RETRY.match(urlsplit(self.path).path)
+        if match is None:
+            self._text(404, "not found")
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= _FORM_LIMIT:
+            self._text(413 if length > _FORM_LIMIT else 400, "the form must be at most 4096 bytes")
+            return
+        form = parse_qs(self.rfile.read(length).decode("utf-8", "replace"))
+        problem = self.server.access.form_allowed(self.headers, form.get("csrf", [""])[0])
+        if problem:
+            self._text(403, problem)
+            return
+        try:
+            self._retry(int(match.group(1)))
+        except SQLAlchemyError as exc:
+            log.warning("status page: the database cannot be written: %s", exc)
+            self._text(503, "the database cannot be written")
+
+    def _retry(self, job_id: int) -> None:
+        db = self.server.database
+        who = f"status-page:{self.server.access.username}@{self.client_address[0]}"
+        if queue.retry(db, job_id, self.server.retry_attempts, by=who):
+            log.info("job %d queued again from the status page (request from %s)", job_id, self.client_address[0])
+            self._send(303, b"", _TEXT, Location=f"/?retried={job_id}#failed")
+            return
+        detail = monitor.job(db, job_id)
+        if detail is None:
+            self._text(404, f"there is no job {job_id}")
+        else:
+            self._text(409, f"job {job_id} is {detail.row.state}: only a finished job can be queued again")
 
 
 class StatusServer(ThreadingHTTPServer):
-    """The status page on ``address``:``port``; ``start`` serves it from a daemon thread."""
+    """The status page on ``address``:``port``; ``start`` serves it from a daemon thread.
+
+    ``retry_attempts``: attempts a retried job gets (``queue.max_attempts``); ``storage_root``: whose free
+    space ``/metrics`` reports."""
 
     daemon_threads = True
 
-    def __init__(self, database: Database, address: str, port: int) -> None:
+    def __init__(self, database: Database, address: str, port: int, access: Access | None = None,
+                 storage_root: Path | None = None, retry_attempts: int | None = None,
+                 database_timeout: float = 5.0) -> None:
         self.database = database
+        self.access = access or Access()
+        self.retry_attempts = retry_attempts
+        self.metrics = exporter.registry(exporter.NodeCollector(database, storage_root, database_timeout))
         super().__init__((address, port), _Handler)
 
     @property
     def url(self) -> str:
         host = self.server_address[0]
-        return f"http://{host if isinstance(host, str) else host.decode()}:{self.server_port}/"
+        host = host if isinstance(host, str) else host.decode()
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.server_port}/"
 
     def start(self) -> StatusServer:
         threading.Thread(target=self.serve_forever, name="status-page", daemon=True).start()

@@ -121,7 +121,8 @@ class Job(Base):
     events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.id")
     results: Mapped[list["Result"]] = relationship(back_populates="job", order_by="Result.id")
 
-    __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),)
+    __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),
+                      Index("ix_jobs_created_at", "created_at"))  # jobs of the last hour and day
 
 
 class JobEvent(Base):
@@ -181,7 +182,8 @@ class Delivery(Base):
 
     result: Mapped[Result] = relationship(back_populates="deliveries")
 
-    __table_args__ = (Index("ix_deliveries_state_not_before", "state", "not_before"),)
+    __table_args__ = (Index("ix_deliveries_state_not_before", "state", "not_before"),
+                      Index("ix_deliveries_state_destination", "state", "destination"))  # counted per scrape
 
 
 class AuditEvent(Base):

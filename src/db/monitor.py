@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.engine import Database
-from db.models import Delivery, Job, JobEvent, Result, Series, Study
+from db.models import Delivery, Instance, Job, JobEvent, Result, Series, Study
 from db.states import DeliveryState, JobEventKind
 
 
@@ -32,6 +32,8 @@ class JobRow:
     error: str | None
     supersedes: int | None = None  # the job whose results this one replaces
     delivery_states: dict[str, int] = field(default_factory=dict)  # deliveries of its results, per state
+    patient_name: str = ""
+    series_description: str = ""
 
     @property
     def stages(self) -> str:
@@ -85,6 +87,7 @@ class JobDetail:
     events: list[EventRow]
     results: list[ResultRow]
     deliveries: list[DeliveryRow]
+    calling_ae_titles: tuple[str, ...] = ()  # who sent the series' instances
 
 
 def _stage_seconds(session: Session, job_ids: list[int]) -> dict[int, dict[str, float]]:
@@ -120,16 +123,17 @@ def _row(job: Job, series: Series, study: Study, stages: dict[str, float], deliv
         series_instance_uid=series.series_instance_uid, modality=series.modality, instances=series.instance_count,
         model=job.model, attempts=job.attempts, max_attempts=job.max_attempts, created_at=job.created_at,
         finished_at=job.finished_at, stage_seconds=stages, error=job.error, supersedes=job.supersedes_job_id,
-        delivery_states=deliveries,
+        delivery_states=deliveries, patient_name=study.patient_name, series_description=series.series_description,
     )
 
 
-def jobs(db: Database, limit: int = 50, state: str | None = None) -> list[JobRow]:
+def jobs(db: Database, limit: int = 50, state: str | tuple[str, ...] | None = None) -> list[JobRow]:
+    """The newest jobs, in ``state`` (or any of several states) when given."""
     with db.read() as session:
         query = (select(Job, Series, Study).join(Series, Job.series_id == Series.id)
                  .join(Study, Series.study_id == Study.id).order_by(Job.id.desc()).limit(limit))
         if state:
-            query = query.where(Job.state == state)
+            query = query.where(Job.state.in_((state,) if isinstance(state, str) else state))
         found = session.execute(query).all()
         ids = [job.id for job, _, _ in found]
         stages, deliveries = _stage_seconds(session, ids), _delivery_states(session, ids)
@@ -151,7 +155,9 @@ def job(db: Database, job_id: int) -> JobDetail | None:
             for r in found.results for d in session.scalars(
                 select(Delivery).where(Delivery.result_id == r.id).order_by(Delivery.id))
         ]
-        return JobDetail(row, found.lease_owner, found.lease_expires_at, events, results, deliveries)
+        senders = tuple(session.scalars(select(Instance.calling_ae_title).where(Instance.series_id == found.series_id)
+                                        .distinct().order_by(Instance.calling_ae_title)))
+        return JobDetail(row, found.lease_owner, found.lease_expires_at, events, results, deliveries, senders)
 
 
 def counts(db: Database) -> dict[str, int]:

@@ -19,6 +19,7 @@ from pynetdicom.events import Event
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
+from pacs_node import metrics
 from pacs_node.connection import GuardConfig, GuardedSocket, InflightBudget
 from pacs_node.logs import RefusalLog, printable
 from pacs_node.peers import Admission
@@ -128,6 +129,7 @@ class ConnectionGuard:
         self.refusals.line(f"association from {printable(event.assoc.requestor.primitive.calling_ae_title, 16)} "
                            f"at {printable(event.assoc.requestor.address)} rejected: {printable(refusal.reason)}")
         self.refused_by(event, refusal)
+        metrics.association(event.assoc.requestor.primitive.calling_ae_title, accepted=False)
         if refusal.identity:
             event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, service user, calling AE not recognised
         else:  # transient, presentation related: local limit exceeded, or temporary congestion

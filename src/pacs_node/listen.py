@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from db.engine import Database
+from pacs_node import metrics
 from pacs_node.logs import printable
 from pacs_node.scp import Receiver, ReceiverConfig
 from pacs_node.tls import server_context
@@ -128,6 +129,7 @@ def serve(receiver: Receiver) -> Listeners:
         (evt.EVT_ESTABLISHED, receiver.associations.established),
         (evt.EVT_RELEASED, receiver.associations.released),
         (evt.EVT_CONN_CLOSE, receiver.associations.closed),
+        *metrics.HANDLERS,
     ]
     ae = make_ae(config)
     ports = [(config.port, None), (config.tls_port, server_context(config.tls) if config.tls else None)]

@@ -24,6 +24,7 @@ from db import audit, ingest
 from db.engine import Database
 from db.errors import one_line
 from db.storage import InvalidUID, Watermark, instance_path, write_atomic
+from pacs_node import metrics
 from pacs_node.connection import GuardConfig
 from pacs_node.decode import DatasetTooLarge, UndecodableElement, decode_dataset
 from pacs_node.guard import ConnectionGuard
@@ -113,6 +114,7 @@ class Receiver:
             log.debug("C-STORE failure", exc_info=True)
             status = with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
         code = status if isinstance(status, int) else int(status.Status)
+        metrics.instance_answered(code)
         if code != SUCCESS:
             comment = "" if isinstance(status, int) else f": {status.get('ErrorComment', '')}"
             self.associations.of(event).refused(f"0x{code:04X}{comment}")
