@@ -153,20 +153,24 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
 class StoreSCP:
     """DCMTK storescp as the PACS that receives results, on a free port, stopped by the test."""
 
-    def __init__(self, folder: Path, ae_title: str = "PACS") -> None:
+    def __init__(self, folder: Path, ae_title: str = "PACS", extra: list[str] | None = None) -> None:
+        """``extra``: more storescp options (e.g. ``+tls key cert +cf ca``, which also makes the start-up
+        check a TLS echo)."""
         self.folder = folder
         self.ae_title = ae_title
         self.port = free_port()
+        self.extra = extra or []
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "StoreSCP":
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [require("storescp"), "-aet", self.ae_title, "-od", str(self.folder), "-uf", "-fe", ".dcm", str(self.port)],
+            [require("storescp"), "-aet", self.ae_title, *self.extra, "-od", str(self.folder), "-uf", "-fe", ".dcm",
+             str(self.port)],
             env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
         try:
-            wait_for(lambda: echoscu(self.port, self.ae_title, "PROBE"), 20, "storescp did not start")
+            wait_for(lambda: echoscu(self.port, self.ae_title, "PROBE", self.extra), 20, "storescp did not start")
         except TimeoutError:
             self.stop()
             raise
@@ -188,9 +192,9 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
     return [line for line in lines if line.startswith("Error")], [line for line in lines if line.startswith("Warning")]
 
 
-def echoscu(port: int, called: str, calling: str = "STORESCU") -> bool:
-    result = subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
-                            env=DCMTK_ENV, capture_output=True, timeout=30)
+def echoscu(port: int, called: str, calling: str = "STORESCU", extra: list[str] | None = None) -> bool:
+    result = subprocess.run([require("echoscu"), "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1",
+                             str(port)], env=DCMTK_ENV, capture_output=True, timeout=30)
     return result.returncode == 0
 
 

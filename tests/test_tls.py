@@ -1,0 +1,161 @@
+"""DICOM TLS with DCMTK's tools, in both directions, with certificates the tests make (openssl): accepted
+with the right authority, refused with an untrusted certificate, a wrong authority, no client certificate
+where one is required, and TLS 1.0/1.1; every refusal in the audit trail."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from ainode.kit import free_port, wait_for
+from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require
+from db.models import AuditEvent, Instance
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass(frozen=True)
+class PKI:
+    folder: Path
+
+    def __getitem__(self, name: str) -> str:
+        return str(self.folder / name)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run([require("openssl"), *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _authority(folder: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN={name}", "-days", "2", cwd=folder)
+
+
+def _certificate(folder: Path, name: str, authority: str) -> None:
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=folder)
+    (folder / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{authority}.crt", "-CAkey", f"{authority}.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A hospital authority (ca) that signed the node, the PACS and a modality; another one (rogue) that
+    signed an intruder."""
+    folder = tmp_path_factory.mktemp("pki")
+    for authority in ("ca", "rogue"):
+        _authority(folder, authority)
+    for name, authority in (("node", "ca"), ("pacs", "ca"), ("modality", "ca"), ("intruder", "rogue")):
+        _certificate(folder, name, authority)
+    return PKI(folder)
+
+
+@pytest.fixture()
+def node(tmp_path: Path, pki: PKI) -> Iterator[NodeProcess]:
+    tls = free_port()
+    node = NodeProcess(tmp_path / "node", free_port(), workers=0, node_extra=f"""tls_port = {tls}
+[node.tls]
+certificate = "{pki['node.crt']}"
+private_key = "{pki['node.key']}"
+ca_certificates = "{pki['ca.crt']}"
+require_client_certificate = true""")
+    node.tls_port = tls  # type: ignore[attr-defined]
+    try:
+        yield node.serve()
+    finally:
+        node.stop()
+
+
+def tls_echo(port: int, key: str | None, cert: str | None, ca: str) -> subprocess.CompletedProcess[str]:
+    identity = ["+tls", key, cert] if key and cert else ["+tla"]
+    return subprocess.run([require("echoscu"), "-aet", "STORESCU", "-aec", "AINODE", *identity, "+cf", ca,
+                           "127.0.0.1", str(port)], env=DCMTK_ENV, capture_output=True, text=True, timeout=60)
+
+
+def audit(node: NodeProcess) -> list[AuditEvent]:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+    finally:
+        db.dispose()
+
+
+def test_a_modality_with_a_certificate_of_the_hospital_is_served_over_tls(
+        node: NodeProcess, pki: PKI, small_series: PhantomSeries) -> None:
+    port = node.tls_port  # type: ignore[attr-defined]
+    assert tls_echo(port, pki["modality.key"], pki["modality.crt"], pki["ca.crt"]).returncode == 0
+    sent = subprocess.run([require("storescu"), "-aet", "STORESCU", "-aec", "AINODE", "+tls", pki["modality.key"],
+                           pki["modality.crt"], "+cf", pki["ca.crt"], "127.0.0.1", str(port),
+                           *map(str, small_series.paths[:3])], env=DCMTK_ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert sent.returncode == 0, sent.stderr
+    db = node.database()
+    with db.read() as session:
+        assert len(session.scalars(select(Instance)).all()) == 3
+    db.dispose()
+    wait_for(lambda: any(e.outcome == "accepted" and e.tls and "3 instances stored" in e.detail
+                         for e in audit(node)), 10, "the TLS association was not audited")
+    assert subprocess.run([require("echoscu"), "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1", str(node.port)],
+                          env=DCMTK_ENV, capture_output=True, timeout=60).returncode == 0, "plain port beside it"
+
+
+@pytest.mark.parametrize(("key", "cert", "ca", "why"), [
+    ("intruder.key", "intruder.crt", "ca.crt", "a certificate of another authority"),
+    (None, None, "ca.crt", "no client certificate where one is required"),
+    ("modality.key", "modality.crt", "rogue.crt", "the client does not trust the node's authority"),
+])
+def test_a_caller_without_the_right_certificates_is_refused(node: NodeProcess, pki: PKI, key: str | None,
+                                                            cert: str | None, ca: str, why: str) -> None:
+    result = tls_echo(node.tls_port, key and pki[key], cert and pki[cert], pki[ca])  # type: ignore[attr-defined]
+    assert result.returncode != 0, why
+    if ca == "ca.crt":  # the node itself refused the handshake: audited
+        wait_for(lambda: any(e.outcome == "refused" and e.tls and "TLS handshake failed" in e.detail
+                             for e in audit(node)), 10, "the refused handshake was not audited")
+    assert tls_echo(node.tls_port, pki["modality.key"], pki["modality.crt"],  # type: ignore[attr-defined]
+                    pki["ca.crt"]).returncode == 0, "still serving"
+
+
+@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
+def test_tls_1_0_and_1_1_are_refused_while_1_2_is_accepted(node: NodeProcess, pki: PKI, version: str) -> None:
+    def handshake(flag: str) -> str:
+        result = subprocess.run([require("openssl"), "s_client", "-connect", f"127.0.0.1:{node.tls_port}",  # type: ignore[attr-defined]
+                                 flag, "-cipher", "DEFAULT@SECLEVEL=0", "-cert", pki["modality.crt"], "-key",
+                                 pki["modality.key"], "-CAfile", pki["ca.crt"]], input="", capture_output=True,
+                                text=True, timeout=60)
+        return result.stdout + result.stderr
+
+    old = handshake(version)
+    assert "Cipher is (NONE)" in old or "alert protocol version" in old or "no protocols available" in old, old
+    assert "Protocol  : TLSv1.2" in handshake("-tls1_2") or "TLSv1.2" in handshake("-tls1_2")
+
+
+def test_results_are_delivered_over_tls_to_a_pacs_that_requires_it(tmp_path: Path, pki: PKI,
+                                                                   small_series: PhantomSeries) -> None:
+    pacs = StoreSCP(tmp_path / "pacs", extra=["+tls", pki["pacs.key"], pki["pacs.crt"], "+cf", pki["ca.crt"]])
+    pacs.start()
+    node = NodeProcess(tmp_path / "node", pacs.port)
+    node.config.write_text(node.config.read_text().replace('ae_title = "PACS"\n', f'''ae_title = "PACS"
+tls = true
+ca_certificates = "{pki['ca.crt']}"
+certificate = "{pki['node.crt']}"
+private_key = "{pki['node.key']}"
+''', 1))
+    try:
+        node.serve()
+        sent = subprocess.run([require("storescu"), "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1",
+                               str(node.port), *map(str, small_series.paths)], env=DCMTK_ENV, capture_output=True,
+                              text=True, timeout=300)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(pacs.files()) >= 2, 240, lambda: f"nothing arrived over TLS: {node.log_text()}")
+        delivered = [e for e in audit(node) if e.kind == "delivery" and e.outcome == "delivered"]
+        assert len(delivered) == 2
+    finally:
+        node.stop()
+        pacs.stop()
