@@ -108,7 +108,7 @@ def _status_page(settings: Settings, db: Database, port: int, access: Access) ->
     address = settings.status.bind_address
     try:
         page = StatusServer(db, address, port, access, settings.storage.root.resolve(),
-                            settings.queue.max_attempts).start()
+                            settings.queue.max_attempts, watermark=settings.watermark()).start()
     except OSError as exc:
         fail(f"the status page cannot listen on {address}:{port}: {exc.strerror or exc}")
     log.info("status page at %s (%s)", page.url,

@@ -103,9 +103,11 @@ class Settings(BaseSettings):
         tls = TLSFiles(n.tls.certificate, n.tls.private_key, n.tls.ca_certificates,
                        n.tls.require_client_certificate) if n.tls_port else None
         peers = tuple(Peer.parse(name, p.ae_title, p.addresses, p.require_tls) for name, p in n.peers.items())
-        watermark = Watermark(int(self.storage.minimum_free_gb * 2**30), self.storage.minimum_free_percent / 100)
         return ReceiverConfig(n.ae_title, n.bind_address, n.port, tuple(n.allowed_calling_ae_titles),
-                              self.storage.root.resolve(), limits, peers, n.tls_port, tls, watermark)
+                              self.storage.root.resolve(), limits, peers, n.tls_port, tls, self.watermark())
+
+    def watermark(self) -> Watermark:
+        return Watermark(int(self.storage.minimum_free_gb * 2**30), self.storage.minimum_free_percent / 100)
 
     def queue_policy(self) -> QueuePolicy:
         q = self.queue

@@ -20,8 +20,10 @@ def jobs(config: ConfigOption = None,
     from ainode.views import jobs_table
     from db import monitor
 
-    with opened(config) as (_, db):
+    with opened(config) as (settings, db):
         console.print(jobs_table(monitor.jobs(db, limit=limit, state=state)))
+        if low := settings.watermark().problem(settings.storage.root):
+            console.print(f"[bold red]The node takes no data:[/] {low}", highlight=False)
 
 
 @app.command()

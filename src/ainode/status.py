@@ -29,6 +29,7 @@ from ainode.access import Access
 from db import monitor, overview, queue
 from db.engine import Database
 from db.models import utcnow
+from db.storage import Watermark
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,12 @@ class _Handler(BaseHTTPRequestHandler):
         db, token = self.server.database, self.server.access.csrf_token
         if path == "/healthz":
             monitor.jobs(db, limit=1)
-            self._text(200, "ok")
+            low = self.server.storage_problem()
+            self._text(503 if low else 200, f"not taking data: {low}" if low else "ok")
         elif path in ("/", "/index.html"):
             notice = f"Job {int(retried)} queued again." if retried.isdigit() else ""
+            if low := self.server.storage_problem():
+                notice = f"The node takes no data: {low}. {notice}".strip()
             self._send(200, pages.overview_page(read_overview(db, state), state, token, notice), _HTML)
         elif path == "/api/jobs":
             self._json(200, [dataclasses.asdict(row) for row in monitor.jobs(db, state=state)])
@@ -193,12 +197,22 @@ class StatusServer(ThreadingHTTPServer):
 
     def __init__(self, database: Database, address: str, port: int, access: Access | None = None,
                  storage_root: Path | None = None, retry_attempts: int | None = None,
-                 database_timeout: float = 5.0) -> None:
+                 database_timeout: float = 5.0, watermark: Watermark | None = None) -> None:
+        """``watermark``: the free space below which the node takes no data, which /healthz and the page
+        report for ``storage_root``."""
         self.database = database
         self.access = access or Access()
+        self.storage_root = storage_root
+        self.watermark = watermark
         self.retry_attempts = retry_attempts
         self.metrics = exporter.registry(exporter.NodeCollector(database, storage_root, database_timeout))
         super().__init__((address, port), _Handler)
+
+    def storage_problem(self) -> str | None:
+        """Why the node takes no data now (too little free space), or None."""
+        if self.watermark is None or self.storage_root is None:
+            return None
+        return self.watermark.problem(self.storage_root)
 
     @property
     def url(self) -> str:

@@ -1,0 +1,99 @@
+"""Retention on a real database and real files: a series done and delivered loses its files after
+keep_days, one with a failed job after keep_failed_days, one with a job running never; the rows stay,
+marked purged; a purged instance sent again is stored again; every purge is audited."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db import ingest, outbox, queue, retention
+from db.engine import Database
+from db.models import AuditEvent, Instance, Result, Series, utcnow
+from db.storage import instance_path, result_path, write_atomic
+from test_queue import MODELS, POLICY, ROUTE
+
+POLICY_KEEP = retention.RetentionPolicy(keep_days=7, keep_failed_days=30)
+
+
+def received(db: Database, root: Path, series: str, n: int = 2) -> list[Path]:
+    """``n`` instances of ``series`` on disk and recorded, the series settled into a job."""
+    t0 = utcnow() - dt.timedelta(minutes=5)
+    paths = []
+    for k in range(n):
+        relative = instance_path("1.2.3", series, f"{series}.{k}")
+        write_atomic(root / relative, b"x" * 1000)
+        ingest.record_instance(db, ingest.ReceivedInstance(
+            "1.2.3", series, f"{series}.{k}", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "CT", str(relative),
+            1000, "STORESCU"), now=t0)
+        paths.append(root / relative)
+    ingest.release_series(db, {series: None}, now=t0)
+    queue.enqueue_settled(db, POLICY, ROUTE)
+    return paths
+
+
+def processed(db: Database, root: Path, succeed: bool) -> Path | None:
+    job = queue.claim(db, "w", POLICY, MODELS)
+    assert job is not None
+    if not succeed:
+        queue.fail(db, job.id, "w", "missing slice", POLICY, retry=False)
+        return None
+    relative = result_path("1.2.3", job.id, "SEG", f"9.{job.id}")
+    write_atomic(root / relative, b"s" * 500)
+    queue.complete(db, job.id, "w", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", f"9.{job.id}", "9.9",
+                                                      str(relative))], ["pacs"])
+    task = outbox.claim(db, "sender", outbox.DeliveryPolicy())
+    assert task is not None
+    outbox.delivered(db, task.id, 0)
+    return root / relative
+
+
+def test_what_is_done_goes_after_keep_days_and_what_failed_after_keep_failed_days(
+        tmp_path: Path, database: Database) -> None:
+    done_files = received(database, tmp_path, "1.2.3.1")
+    done_files.append(processed(database, tmp_path, succeed=True))  # type: ignore[arg-type]
+    failed_files = received(database, tmp_path, "1.2.3.2")
+    processed(database, tmp_path, succeed=False)
+    running_files = received(database, tmp_path, "1.2.3.3")
+    assert queue.claim(database, "w", POLICY, MODELS) is not None  # a job of it is running
+
+    assert retention.purgeable(database, tmp_path, POLICY_KEEP) == [], "nothing is old enough yet"
+    in_8_days = utcnow() + dt.timedelta(days=8)
+    (candidate,) = retention.purgeable(database, tmp_path, POLICY_KEEP, now=in_8_days)
+    assert candidate.series_instance_uid == "1.2.3.1" and candidate.size_bytes == 2500
+    assert all(p.exists() for p in done_files), "a dry run deletes nothing"
+    (purged,) = retention.purge(database, tmp_path, POLICY_KEEP, "test", now=in_8_days)
+    assert purged.size_bytes == 2500 and not any(p.exists() for p in done_files)
+    assert all(p.exists() for p in failed_files + running_files)
+
+    in_31_days = utcnow() + dt.timedelta(days=31)
+    assert [p.series_instance_uid for p in retention.purge(database, tmp_path, POLICY_KEEP, "test",
+                                                           now=in_31_days)] == ["1.2.3.2"]
+    assert all(p.exists() for p in running_files), "never while a job runs"
+    with database.read() as session:
+        purged_series = {s.series_instance_uid
+                         for s in session.scalars(select(Series).where(Series.purged_at.is_not(None)))}
+        assert purged_series == {"1.2.3.1", "1.2.3.2"}, "the rows stay, marked purged"
+        assert session.scalar(select(Result.purged_at)) is not None
+        audited = [(e.kind, e.subject) for e in session.scalars(select(AuditEvent).where(AuditEvent.kind == "purge"))]
+        assert audited == [("purge", "1.2.3.1"), ("purge", "1.2.3.2")]
+
+
+def test_a_purged_instance_sent_again_is_stored_again(tmp_path: Path, database: Database) -> None:
+    received(database, tmp_path, "1.2.3.1", n=1)
+    processed(database, tmp_path, succeed=True)
+    retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
+    assert not ingest.is_stored(database, "1.2.3.1.0"), "a purged instance is no longer stored"
+    relative = instance_path("1.2.3", "1.2.3.1", "1.2.3.1.0")
+    write_atomic(tmp_path / relative, b"y" * 1200)
+    assert ingest.record_instance(database, ingest.ReceivedInstance(
+        "1.2.3", "1.2.3.1", "1.2.3.1.0", "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.1.2.1", "CT", str(relative),
+        1200, "STORESCU"))
+    assert ingest.is_stored(database, "1.2.3.1.0")
+    with database.read() as session:
+        instance = session.scalar(select(Instance))
+        series = session.scalar(select(Series))
+        assert (instance.size_bytes, instance.purged_at, series.state, series.purged_at) == (1200, None, "receiving",
+                                                                                             None)
