@@ -392,3 +392,22 @@ def test_stage_times_are_added_once_even_when_committed_out_of_order(database: D
     restarted.update(database)
     assert restarted.stages["assemble"].histogram() == totals.stages["assemble"].histogram()
     assert restarted.models == {} and totals.models == {}  # no model stage ran
+
+
+def test_the_audit_trail_shows_associations_deliveries_and_job_events_escaped(page: StatusServer,
+                                                                              database: Database) -> None:
+    from db import audit
+
+    audit.record_refusal(database, "receiver:test", "<b>EVIL</b>", "10.9.8.7", False,
+                         "calling AE title '<b>EVIL</b>' is not an allowed caller")
+    audit.record_refusal(database, "receiver:test", "<b>EVIL</b>", "10.9.8.7", False,
+                         "calling AE title '<b>EVIL</b>' is not an allowed caller")
+    audit.record(database, "receiver:test", "association", "accepted", subject="1.2.3", detail="3 instances stored",
+                 calling_ae_title="STORESCU", address="127.0.0.1", tls=True)
+    job_id = settled_job(database)
+    status, kind, body = get(page, "/audit")
+    assert status == 200 and kind.startswith("text/html")
+    assert "&lt;b&gt;EVIL&lt;/b&gt;" in body and "<b>EVIL</b>" not in body
+    assert "10.9.8.7" in body and ">2<" in body, "two refusals on one row"
+    assert "3 instances stored" in body and f"job {job_id}" in body and "series settled" in body
+    assert [row.kind for row in audit.trail(database)][:1] == ["job"]

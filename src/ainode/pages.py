@@ -10,7 +10,7 @@ import html
 import math
 from dataclasses import dataclass
 
-from db import monitor, overview
+from db import audit, monitor, overview
 from db.states import JobState
 
 STATES = tuple(JobState)
@@ -144,7 +144,7 @@ def overview_page(view: Overview, state: str | None, csrf_token: str, notice: st
     body = (_summary(view) + f"<h2>Jobs per state</h2>{states}<h2>Stage times, last day</h2>{stages}"
             + f'<h2 id="failed">Failed and rejected jobs</h2>{notice}{failed}<h2>Deliveries waiting</h2>{waiting}'
             + f'<h2>Jobs</h2><p>{shown} (times in UTC); show <a href="/">all</a> {filters}</p>'
-            + jobs_table(view.recent))
+            + jobs_table(view.recent) + '<p><a href="/audit">audit trail</a></p>')
     return page("ainode", body, refresh=True)
 
 
@@ -174,3 +174,14 @@ def job_page(detail: monitor.JobDetail, csrf_token: str) -> bytes:
     body = (f'<p><a href="/">all jobs</a> (times in UTC)</p>{facts}{retry}<h2>Events</h2>{events}'
             f"<h2>Outputs</h2>{outputs}<h2>Deliveries</h2>{deliveries}")
     return page(f"ainode job {row.id}", body, refresh=not JobState(row.state).final)
+
+
+def audit_page(rows: list[audit.AuditRow]) -> bytes:
+    """The audit trail: who called from where (TLS or not), what was accepted, refused, delivered, purged,
+    and every job transition, newest first."""
+    body = table(("at", "kind", "outcome", "calling AE", "address", "TLS", "subject", "times", "actor", "detail"),
+                 [[cell(r.at.strftime("%F %T")), cell(r.kind), cell(r.outcome), cell(r.calling_ae_title or ""),
+                   cell(r.address or ""), "" if r.tls is None else ("yes" if r.tls else "no"), cell(r.subject or ""),
+                   str(r.count), cell(r.actor), cell(r.detail)] for r in rows])
+    return page("ainode audit trail", f'<p><a href="/">overview</a> · newest {len(rows)} entries (UTC)</p>{body}',
+                refresh=True)

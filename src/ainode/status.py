@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ainode import exporter, pages
 from ainode.access import Access
-from db import monitor, overview, queue
+from db import audit, monitor, overview, queue
 from db.engine import Database
 from db.models import utcnow
 from db.storage import Watermark
@@ -135,6 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
             if low := self.server.storage_problem():
                 notice = f"The node takes no data: {low}. {notice}".strip()
             self._send(200, pages.overview_page(read_overview(db, state), state, token, notice), _HTML)
+        elif path == "/audit":
+            self._send(200, pages.audit_page(audit.trail(db)), _HTML)
         elif path == "/api/jobs":
             self._json(200, [dataclasses.asdict(row) for row in monitor.jobs(db, state=state)])
         elif match := _JOB.match(path):

@@ -6,8 +6,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from db.engine import Database
 from db.models import AuditEvent, utcnow
@@ -41,3 +42,33 @@ def record_refusal(db: Database, who: str, calling_ae_title: str, address: str, 
             return
         session.add(AuditEvent(at=now, actor=who, kind="association", outcome="refused", detail=reason,
                                calling_ae_title=calling_ae_title, address=address, tls=tls, count=1))
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    at: dt.datetime
+    actor: str
+    kind: str
+    outcome: str
+    calling_ae_title: str | None
+    address: str | None
+    tls: bool | None
+    subject: str | None
+    count: int
+    detail: str
+
+
+def trail(db: Database, limit: int = 200) -> list[AuditRow]:
+    """The newest entries of the ``audit`` view (associations, deliveries, purges and job events)."""
+    with db.read() as session:
+        rows = session.execute(text(
+            "SELECT at, actor, kind, outcome, calling_ae_title, address, tls, subject, count, detail FROM audit "
+            "ORDER BY at DESC LIMIT :limit"), {"limit": limit}).all()
+    return [AuditRow(at=_when(r[0]), actor=r[1], kind=r[2], outcome=r[3], calling_ae_title=r[4], address=r[5],
+                     tls=None if r[6] is None else bool(r[6]), subject=r[7], count=int(r[8]), detail=r[9] or "")
+            for r in rows]
+
+
+def _when(value: object) -> dt.datetime:
+    """SQLite's view hands back text; PostgreSQL a timestamp."""
+    return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
