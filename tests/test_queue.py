@@ -13,13 +13,14 @@ from conftest import database_url
 from db import ingest, outbox, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Series, utcnow
+from db.routing import Routing, SettledSeries
 
 POLICY = queue.QueuePolicy(settle_seconds=5, lease_seconds=30, max_attempts=2, backoff_seconds=10)
 MODELS = {"lung-model": queue.Loaded("1.0", "cpu")}  # what a worker has loaded
 
 
-def ROUTE(series: queue.SettledSeries) -> queue.Routing:  # noqa: N802 - a constant of the tests
-    return queue.Routing(("lung-model",))
+def ROUTE(series: SettledSeries) -> Routing:  # noqa: N802 - a constant of the tests
+    return Routing.to("lung-model")
 
 
 def receive(db: Database, series: str, sop: str, now: dt.datetime) -> bool:

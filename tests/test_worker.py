@@ -14,6 +14,7 @@ from conftest import PhantomSeries, phantom_series
 from db import ingest, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, utcnow
+from db.routing import Routing, SettledSeries
 from db.storage import instance_path
 from worker.models.spec import load_spec
 from worker.models.unet import UNetRuntime
@@ -23,8 +24,8 @@ from worker.runner import RunnerConfig, Worker
 POLICY = queue.QueuePolicy(settle_seconds=0, max_attempts=2, backoff_seconds=0)
 
 
-def ROUTE(series: queue.SettledSeries) -> queue.Routing:  # noqa: N802 - a constant of the tests
-    return queue.Routing(("demo",))
+def ROUTE(series: SettledSeries) -> Routing:  # noqa: N802 - a constant of the tests
+    return Routing.to("demo")
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
 
 def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
-    from ainode.routing import by_modality
+    from ainode.routing import by_modality, by_routes
     from ainode.supervise import WorkerPool
     from db.engine import Database
     from pacs_node.dispatch import Dispatcher
@@ -65,7 +65,9 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
                             settings.delivery_policy(), name=f"sender:{os.getpid()}")
     receive_db = Database(settings.database_url, min(settings.node.database_wait_seconds,
                                                      settings.database.busy_timeout_seconds))
-    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, by_modality(describe_models(settings)),
+    described = describe_models(settings)  # every model's files checked before the node listens
+    router = by_routes(settings.route_rules()) if settings.routes else by_modality(described)
+    node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, router,
                 receive_db, settings.retention_policy(), settings.retention.check_minutes * 60)
     access = _status_access(settings) if settings.status.port else None  # a bad secret stops us before we listen
     try:

@@ -20,6 +20,7 @@ from pydantic import ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ainode.access import Access, read_secret
+from ainode.routing import Route
 from ainode.sections import (
     DEFAULT_DESTINATION,
     DatabaseSection,
@@ -30,6 +31,7 @@ from ainode.sections import (
     OutputSection,
     QueueSection,
     RetentionSection,
+    RouteSection,
     StatusSection,
     StorageSection,
     WorkerSection,
@@ -62,6 +64,7 @@ class Settings(BaseSettings):
     output: OutputSection = OutputSection()
     status: StatusSection = StatusSection()
     retention: RetentionSection = RetentionSection()
+    routes: list[RouteSection] = []
 
     @model_validator(mode="after")
     def _models(self) -> "Settings":
@@ -71,6 +74,33 @@ class Settings(BaseSettings):
             if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", name):
                 raise ValueError(f"models.{name}: a model name is 1 to 64 letters, digits, '_', '.' or '-'")
         return self
+
+    @model_validator(mode="after")
+    def _routes(self) -> "Settings":
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"routes: names must differ ({', '.join(names)})")
+        for route in self.routes:
+            for model in route.models:
+                if model not in self.models:
+                    raise ValueError(f"routes[{route.name}].models: {model!r} is not a configured model "
+                                     f"(models: {', '.join(sorted(self.models))})")
+            for destination in route.destinations or []:
+                if destination not in self.destinations:
+                    raise ValueError(f"routes[{route.name}].destinations: {destination!r} is not a configured "
+                                     f"destination (destinations: {', '.join(sorted(self.destinations)) or 'none'})")
+            try:
+                self._route(route)
+            except ValueError as exc:
+                raise ValueError(f"routes[{route.name}].{exc}") from exc
+        return self
+
+    @staticmethod
+    def _route(route: RouteSection) -> Route:
+        return Route.build(route.name, route.when, route.models, route.destinations, route.priority, route.stop)
+
+    def route_rules(self) -> list[Route]:
+        return [self._route(r) for r in self.routes]
 
     @model_validator(mode="after")
     def _destinations_exist(self) -> "Settings":
@@ -102,7 +132,8 @@ class Settings(BaseSettings):
             maximum_inflated_bytes=n.maximum_inflated_bytes, maximum_inflight_bytes=n.maximum_inflight_bytes)
         tls = TLSFiles(n.tls.certificate, n.tls.private_key, n.tls.ca_certificates,
                        n.tls.require_client_certificate) if n.tls_port else None
-        peers = tuple(Peer.parse(name, p.ae_title, p.addresses, p.require_tls) for name, p in n.peers.items())
+        peers = tuple(Peer.parse(name, p.ae_title, p.addresses, p.require_tls, p.settle_seconds)
+                      for name, p in n.peers.items())
         return ReceiverConfig(n.ae_title, n.bind_address, n.port, tuple(n.allowed_calling_ae_titles),
                               self.storage.root.resolve(), limits, peers, n.tls_port, tls, self.watermark())
 

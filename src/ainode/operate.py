@@ -4,12 +4,15 @@ configuration."""
 from __future__ import annotations
 
 import getpass
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from sqlalchemy import select
 
 from ainode.app import ConfigOption, app, console, describe_models, fail, load, opened
 from db.errors import ConfigurationError
+from db.routing import SettledSeries
 
 
 @app.command()
@@ -17,11 +20,13 @@ def jobs(config: ConfigOption = None,
          state: Annotated[Optional[str], typer.Option(help="Only jobs in this state")] = None,
          limit: Annotated[int, typer.Option(help="Newest N jobs")] = 50) -> None:
     """Show the newest jobs: patient, series, model, state, attempts, seconds per stage, reason."""
-    from ainode.views import jobs_table
+    from ainode.views import jobs_table, unrouted_table
     from db import monitor
 
     with opened(config) as (settings, db):
         console.print(jobs_table(monitor.jobs(db, limit=limit, state=state)))
+        if state is None and (unrouted := monitor.not_routed(db, limit=10)):
+            console.print(unrouted_table(unrouted))
         if low := settings.watermark().problem(settings.storage.root):
             console.print(f"[bold red]The node takes no data:[/] {low}", highlight=False)
 
@@ -96,3 +101,70 @@ def check_config(config: ConfigOption = None) -> None:
     console.print_json(settings.model_dump_json())
 
 
+
+
+route_app = typer.Typer(help="Routing: which models a series goes to.", no_args_is_help=True)
+app.add_typer(route_app, name="route")
+
+
+@route_app.command("explain")
+def explain(target: Annotated[str, typer.Argument(help="A stored series' Series Instance UID, or a folder of DICOM "
+                                                       "files")],
+            config: ConfigOption = None,
+            calling: Annotated[str, typer.Option(help="The calling AE title to assume for files")] = "") -> None:
+    """For each series: the routes that take it, the first condition that failed for each that does not, and
+    the jobs it would get."""
+    from ainode.routing import by_modality, evaluate
+    from db.models import Series
+    from db.routing import SettledSeries
+
+    settings = load(config)
+    found: list[SettledSeries] = []
+    if Path(target).is_dir():
+        found = _series_in_folder(Path(target), calling)
+    else:
+        with opened(config) as (_, db), db.read() as session:
+            row = session.scalar(select(Series).where(Series.series_instance_uid == target))
+            if row is None:
+                fail(f"there is no stored series {target} (or give a folder of DICOM files)")
+            found = [SettledSeries.of(row)]
+    if not found:
+        fail(f"no DICOM series in {target}")
+    routes = settings.route_rules()
+    for series in found:
+        console.print(f"[bold]{series.series_instance_uid}[/] ({series.modality}, {series.instance_count} "
+                      f"instances, {series.series_description!r})", highlight=False)
+        if routes:
+            routing, verdicts = evaluate(routes, series)
+            for verdict in verdicts:
+                console.print(f"  {verdict.route}: " + ("takes it" if verdict.takes else f"no: {verdict.why}"),
+                              highlight=False)
+        else:
+            routing = by_modality(describe_models(settings))(series)
+            console.print("  no routes configured: every model of its modality", highlight=False)
+        for plan in routing.jobs:
+            where = ", ".join(plan.destinations) if plan.destinations is not None else \
+                ", ".join(settings.delivery.result_destinations)
+            console.print(f"  → job for model {plan.model} (priority {plan.priority}), results to {where}",
+                          highlight=False)
+        if not routing.jobs:
+            console.print(f"  → not routed: {routing.reason}", highlight=False)
+
+
+def _series_in_folder(folder: Path, calling: str) -> list[SettledSeries]:
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    from ainode.routing import facts
+
+    first: dict[str, object] = {}
+    counts: dict[str, int] = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError):
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        first.setdefault(uid, ds)
+        counts[uid] = counts.get(uid, 0) + 1
+    return [facts(ds, counts[uid], calling) for uid, ds in first.items()]  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from db import audit, monitor, overview
 from db.states import JobState
@@ -45,6 +45,7 @@ class Overview:
     waiting: list[overview.WaitingDelivery]  # the oldest ones
     waiting_count: int
     recent: list[monitor.JobRow]
+    unrouted: list[monitor.UnroutedRow] = field(default_factory=list)
 
 
 def cell(value: object) -> str:
@@ -144,8 +145,17 @@ def overview_page(view: Overview, state: str | None, csrf_token: str, notice: st
     body = (_summary(view) + f"<h2>Jobs per state</h2>{states}<h2>Stage times, last day</h2>{stages}"
             + f'<h2 id="failed">Failed and rejected jobs</h2>{notice}{failed}<h2>Deliveries waiting</h2>{waiting}'
             + f'<h2>Jobs</h2><p>{shown} (times in UTC); show <a href="/">all</a> {filters}</p>'
-            + jobs_table(view.recent) + '<p><a href="/audit">audit trail</a></p>')
+            + jobs_table(view.recent) + _unrouted(view.unrouted) + '<p><a href="/audit">audit trail</a></p>')
     return page("ainode", body, refresh=True)
+
+
+def _unrouted(rows: list[monitor.UnroutedRow]) -> str:
+    if not rows:
+        return ""
+    return "<h2>Series not routed</h2>" + table(
+        ("series", "patient", "modality", "instances", "description", "why"),
+        [[cell(r.series_instance_uid), cell(r.patient_id), cell(r.modality), str(r.instances),
+          cell(r.series_description), cell(r.reason)] for r in rows], numeric=(3,))
 
 
 def job_page(detail: monitor.JobDetail, csrf_token: str) -> bytes:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -46,6 +46,7 @@ class PeerSection(_Section):
     ae_title: AETitle
     addresses: list[str] = []  # addresses or networks ("10.1.2.3", "10.1.2.0/24"); empty: any
     require_tls: bool = False
+    settle_seconds: float | None = Field(None, ge=0)  # this peer's own (it sends one series over several associations)
 
     @field_validator("addresses")
     @classmethod
@@ -198,3 +199,15 @@ class StatusSection(_Section):
             raise ValueError(f"status.password_file must be set when status.bind_address ({self.bind_address}) "
                              "is not a loopback address: the page shows patient data")
         return self
+
+
+class RouteSection(_Section):
+    """One ``[[routes]]``: conditions on a settled series (all must hold), the models it goes to, where the
+    results go, its priority, and whether evaluation stops when it takes the series."""
+
+    name: str = Field(min_length=1, max_length=64)
+    when: dict[str, Any] = {}
+    models: list[str] = Field(min_length=1)
+    destinations: list[str] | None = None  # None: delivery.result_destinations
+    priority: int = 0  # higher is processed first
+    stop: bool = True

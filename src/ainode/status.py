@@ -63,7 +63,7 @@ def read_overview(db: Database, state: str | None) -> pages.Overview:
         stage_times=overview.stage_times(db, now - dt.timedelta(days=1)),
         failed=monitor.jobs(db, limit=20, state=pages.RETRYABLE), waiting=overview.waiting_deliveries(db),
         waiting_count=sum(n for (s, _), n in waiting.items() if s in overview.WAITING),
-        recent=monitor.jobs(db, state=state))
+        recent=monitor.jobs(db, state=state), unrouted=monitor.not_routed(db, limit=10))
 
 
 class _Handler(BaseHTTPRequestHandler):

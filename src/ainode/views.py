@@ -6,7 +6,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from db.monitor import JobDetail, JobRow
+from db.monitor import JobDetail, JobRow, UnroutedRow
 from db.states import JobState
 from worker.models.spec import ModelSpec
 
@@ -72,4 +72,15 @@ def models_table(models: list[tuple[str, str, str, ModelSpec, str]]) -> Table:
                            f"{label.type.meaning})" for label in spec.labels)
         table.add_row(name, kind, f"{spec.name} {spec.version}", f"{spec.modality}, {channels}{spacing}, "
                       f"≥ {spec.min_slices} slices", labels, digest[:16] + "…", device)
+    return table
+
+
+def unrouted_table(rows: list[UnroutedRow]) -> Table:
+    """Series no route took, and why (each route's first failing condition)."""
+    table = Table(title="series not routed", expand=False)
+    for column in ("series", "patient", "mod", "inst", "description", "why"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row("…" + row.series_instance_uid[-12:], row.patient_id, row.modality, str(row.instances),
+                      row.series_description, row.reason)
     return table

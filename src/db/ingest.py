@@ -42,6 +42,11 @@ class ReceivedInstance:
     series_number: int | None = None
     series_description: str = ""
     instance_number: int | None = None
+    body_part_examined: str = ""
+    protocol_name: str = ""
+    image_type: str = ""  # values joined by backslashes, as DICOM writes them
+    manufacturer: str = ""
+    slice_thickness: float | None = None
 
 
 def is_stored(db: Database, sop_instance_uid: str) -> bool:
@@ -105,16 +110,21 @@ def _new_series(session: Session, item: ReceivedInstance, now: dt.datetime) -> i
         session.add(study)
     series = Series(study=study, series_instance_uid=item.series_instance_uid, modality=item.modality,
                     series_number=item.series_number, series_description=item.series_description,
+                    body_part_examined=item.body_part_examined, protocol_name=item.protocol_name,
+                    image_type=item.image_type, manufacturer=item.manufacturer, slice_thickness=item.slice_thickness,
+                    sop_class_uid=item.sop_class_uid, calling_ae_title=item.calling_ae_title,
                     state=SeriesState.RECEIVING, instance_count=1, first_received_at=now, last_received_at=now)
     session.add(series)
     session.flush()
     return int(series.id)
 
 
-def release_series(db: Database, outcomes: Mapping[str, str | None], now: dt.datetime | None = None) -> None:
+def release_series(db: Database, outcomes: Mapping[str, str | None], now: dt.datetime | None = None,
+                   settle_seconds: float | None = None) -> None:
     """The association that sent these series has ended: their settle time starts now. ``outcomes`` maps
     each series to why this transfer may have left it partial (aborted, a failure status), or None when
-    the association ended with a normal release and every instance was stored."""
+    the association ended with a normal release and every instance was stored. ``settle_seconds``: the
+    sending peer's own settle time, if it has one."""
     if not outcomes:
         return
     by_reason: dict[str | None, list[str]] = {}
@@ -123,7 +133,8 @@ def release_series(db: Database, outcomes: Mapping[str, str | None], now: dt.dat
     with db.transaction() as session:
         for reason, uids in by_reason.items():
             session.execute(update(Series).where(Series.series_instance_uid.in_(uids))
-                            .values(released_at=now or utcnow(), incomplete_reason=reason))
+                            .values(released_at=now or utcnow(), incomplete_reason=reason,
+                                    settle_seconds=settle_seconds))
 
 
 def release_abandoned(db: Database, now: dt.datetime | None = None) -> int:

@@ -54,6 +54,15 @@ class Series(Base):
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     series_description: Mapped[str] = mapped_column(String(64), default="")
+    # what routing rules look at, from the series' first instance
+    body_part_examined: Mapped[str] = mapped_column(String(16), default="")
+    protocol_name: Mapped[str] = mapped_column(String(64), default="")
+    image_type: Mapped[str] = mapped_column(String(128), default="")
+    manufacturer: Mapped[str] = mapped_column(String(64), default="")
+    slice_thickness: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64), default="")
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    settle_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)  # the sending peer's own
     state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING.value)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
@@ -105,6 +114,9 @@ class Job(Base):
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     model_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
     device: Mapped[str | None] = mapped_column(String(32), nullable=True)  # where the latest attempt ran
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # higher is claimed first (a route's)
+    route: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the route that made it
+    destinations: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list; None: the default ones
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     not_before: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)

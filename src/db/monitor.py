@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, Study
-from db.states import DeliveryState, JobEventKind
+from db.states import DeliveryState, JobEventKind, SeriesState
 
 
 @dataclass(frozen=True)
@@ -171,3 +171,24 @@ def delivered_results(db: Database, job_id: int) -> list[str]:
         results = session.scalars(select(Result).where(Result.job_id == job_id)).all()
         return [r.sop_instance_uid for r in results
                 if r.deliveries and all(d.state == DeliveryState.DELIVERED for d in r.deliveries)]
+
+
+@dataclass(frozen=True)
+class UnroutedRow:
+    series_instance_uid: str
+    patient_id: str
+    modality: str
+    series_description: str
+    instances: int
+    released_at: dt.datetime | None
+    reason: str
+
+
+def not_routed(db: Database, limit: int = 20) -> list[UnroutedRow]:
+    """The newest series no route (or model) took, with why: not an error, but people look for them."""
+    with db.read() as session:
+        found = session.execute(select(Series, Study).join(Study, Series.study_id == Study.id)
+                                .where(Series.state == SeriesState.NOT_ROUTED)
+                                .order_by(Series.id.desc()).limit(limit)).all()
+        return [UnroutedRow(s.series_instance_uid, st.patient_id, s.modality, s.series_description, s.instance_count,
+                            s.released_at, s.routing_note or "") for s, st in found]

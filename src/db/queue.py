@@ -9,7 +9,8 @@ retried with exponential backoff until ``max_attempts``; rejected input is never
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,6 +21,7 @@ from db import outbox
 from db.backoff import exponential
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
+from db.routing import Router, SettledSeries
 from db.states import FINAL_JOB_STATES, DeliveryState, JobState, SeriesState
 from db.states import JobEventKind as Event
 
@@ -61,32 +63,12 @@ class ResultFile:
 
 
 @dataclass(frozen=True)
-class SettledSeries:
-    """What routing looks at when a series has settled."""
-
-    series_instance_uid: str
-    modality: str
-    series_description: str
-    instance_count: int
-
-
-@dataclass(frozen=True)
-class Routing:
-    """The models a series goes to, or, when none, why (each candidate's first reason), for people."""
-
-    models: tuple[str, ...]
-    reason: str = ""
-
-
-Router = Callable[[SettledSeries], Routing]
-
-
-@dataclass(frozen=True)
 class Loaded:
     """A model a worker has loaded: the version it runs and the device it runs on (recorded on the job)."""
 
     version: str
     device: str
+
 
 REJECTION_NOTE = "KO"  # the kind of result that retracts a superseded job's results
 _REACHED = (DeliveryState.DELIVERED, DeliveryState.SENDING)  # a destination that has, or may have, the object
@@ -99,41 +81,43 @@ def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, 
 
 
 def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.datetime | None = None) -> list[int]:
-    """Create a job per model ``route`` gives for every series whose association was released and that then
-    stayed quiet: for ``settle_seconds``, or ``incomplete_settle_seconds`` when the transfer may have left
-    it partial, so a sender's retry comes before any result. A series no model takes is recorded as not
-    routed, with the reason. A series that grew after its results were made gets, per model, a job that
-    supersedes the previous one."""
+    """Create the jobs ``route`` plans for every series whose association was released and that then stayed
+    quiet: for its peer's settle time (or ``settle_seconds``), or ``incomplete_settle_seconds`` when the
+    transfer may have left it partial, so a sender's retry comes before any result. A series no route takes
+    is recorded as not routed, with the reason. A series that grew after its results were made gets, per
+    model, a job that supersedes the previous one."""
     now = now or utcnow()
-    complete = now - dt.timedelta(seconds=policy.settle_seconds)
-    incomplete = now - dt.timedelta(seconds=policy.incomplete_settle_seconds)
     created = []
     with db.transaction() as session:
-        settled = session.scalars(
+        released = session.scalars(
             select(Series).where(
                 Series.state == SeriesState.RECEIVING,
                 Series.released_at.is_not(None),
                 Series.released_at >= Series.last_received_at,
-                or_(and_(Series.incomplete_reason.is_(None), Series.released_at <= complete),
-                    and_(Series.incomplete_reason.is_not(None), Series.released_at <= incomplete)),
             ).with_for_update(skip_locked=True)
         ).all()
-        for series in settled:
-            routing = route(SettledSeries(series.series_instance_uid, series.modality, series.series_description,
-                                          series.instance_count))
-            if not routing.models:
-                series.state, series.routing_note = SeriesState.NOT_ROUTED, routing.reason or "no model takes it"
+        for series in released:
+            wait = policy.incomplete_settle_seconds if series.incomplete_reason else \
+                series.settle_seconds if series.settle_seconds is not None else policy.settle_seconds
+            if series.released_at is None or series.released_at > now - dt.timedelta(seconds=wait):
+                continue
+            routing = route(SettledSeries.of(series))
+            if not routing.jobs:
+                series.state, series.routing_note = SeriesState.NOT_ROUTED, routing.reason or "no route takes it"
                 continue
             series.state, series.routing_note = SeriesState.QUEUED, None
             how = f" after an incomplete transfer ({series.incomplete_reason})" if series.incomplete_reason else ""
-            for model in routing.models:
-                job = Job(series=series, model=model, state=JobState.QUEUED, max_attempts=policy.max_attempts,
-                          not_before=now, created_at=now, supersedes=_replace_earlier_jobs(session, series, model, now))
+            for plan in routing.jobs:
+                job = Job(series=series, model=plan.model, route=plan.route, priority=plan.priority,
+                          destinations=json.dumps(list(plan.destinations)) if plan.destinations is not None else None,
+                          state=JobState.QUEUED, max_attempts=policy.max_attempts, not_before=now, created_at=now,
+                          supersedes=_replace_earlier_jobs(session, series, plan.model, now))
                 session.add(job)
                 session.flush()
                 replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
+                by = f"; route {plan.route}" if plan.route else ""
                 session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
-                                   f"{how}{replaces}"))
+                                   f"{how}{by}{replaces}"))
                 created.append(job.id)
     return created
 
@@ -162,7 +146,7 @@ def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, L
                     and_(Job.state == JobState.QUEUED, Job.not_before <= now),
                     and_(Job.state == JobState.RUNNING, Job.lease_expires_at < now),
                 ),
-            ).order_by(Job.id).limit(5).with_for_update(skip_locked=True)
+            ).order_by(Job.priority.desc(), Job.id).limit(5).with_for_update(skip_locked=True)
         ).all()
         for job in candidates:
             if job.supersedes is not None and job.supersedes.state == JobState.RUNNING:
@@ -226,7 +210,8 @@ def record_stage(db: Database, job_id: int, worker: str, stage: str, seconds: fl
 
 
 def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], destinations: list[str]) -> bool:
-    """Mark the job succeeded, record its results and queue one delivery per result and destination.
+    """Mark the job succeeded, record its results and queue one delivery per result and destination (the
+    job's own, when its route named some, else ``destinations``).
 
     For a job that supersedes another, the other's results not sent yet are withdrawn, and the rejection
     note goes to every destination that has (or is being sent) one of them."""
@@ -237,6 +222,8 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
             return False
         job.state, job.finished_at, job.error = JobState.SUCCEEDED, now, None
         job.lease_owner = job.lease_expires_at = None
+        if job.destinations is not None:
+            destinations = list(json.loads(job.destinations))
         holders: list[str] = []
         if job.supersedes is not None:
             earlier = job.supersedes.results

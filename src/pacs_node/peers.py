@@ -17,11 +17,14 @@ class Peer:
     ae_title: str
     networks: tuple[Network, ...] = ()  # empty: any address
     require_tls: bool = False
+    settle_seconds: float | None = None  # its own settle time (a peer that sends one series in several goes)
 
     @classmethod
-    def parse(cls, name: str, ae_title: str, addresses: Iterable[str] = (), require_tls: bool = False) -> Peer:
+    def parse(cls, name: str, ae_title: str, addresses: Iterable[str] = (), require_tls: bool = False,
+              settle_seconds: float | None = None) -> Peer:
         """``addresses`` as written in the configuration: "10.1.2.3", "10.1.2.0/24", "fd00::/8"."""
-        return cls(name, ae_title, tuple(ipaddress.ip_network(a, strict=False) for a in addresses), require_tls)
+        return cls(name, ae_title, tuple(ipaddress.ip_network(a, strict=False) for a in addresses), require_tls,
+                   settle_seconds)
 
     def admits(self, address: str) -> bool:
         if not self.networks:
@@ -54,3 +57,9 @@ def admit(peers: Iterable[Peer], ae_title: str, address: str, tls: bool) -> Admi
     if not any(tls or not p.require_tls for p in placed):
         return Admission(f"{ae_title!r} must call over TLS")
     return None
+
+
+def settle_seconds(peers: Iterable[Peer], ae_title: str) -> float | None:
+    """The settle time the peer with this AE title asks for (the longest, if several entries name it)."""
+    times = [p.settle_seconds for p in peers if p.ae_title == ae_title and p.settle_seconds is not None]
+    return max(times) if times else None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -29,7 +29,7 @@ from pacs_node.connection import GuardConfig
 from pacs_node.decode import DatasetTooLarge, UndecodableElement, decode_dataset
 from pacs_node.guard import ConnectionGuard
 from pacs_node.logs import RefusalLog, printable
-from pacs_node.peers import Admission, Peer, admit
+from pacs_node.peers import Admission, Peer, admit, settle_seconds
 from pacs_node.status import (
     CANNOT_UNDERSTAND,
     DATASET_DOES_NOT_MATCH,
@@ -73,7 +73,8 @@ class Receiver:
         # busy loop), so the database wait, kept short to answer within a second, applies only to other
         # processes holding the database.
         self._writing = threading.Lock()
-        self.associations = Associations(db, self._writing, audit.actor("receiver"))
+        self.associations = Associations(db, self._writing, audit.actor("receiver"),
+                                         lambda ae_title: settle_seconds(config.callers, ae_title))
         self.refusals = RefusalLog(log)
         self.guard = ConnectionGuard(config.limits, self.refusals, self.admit, self.refused)
 
@@ -169,7 +170,8 @@ class Receiver:
             return with_comment(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
         try:
             with self._writing:
-                ingest.record_instance(self.db, incoming.received(str(relative), size, calling))
+                ingest.record_instance(self.db, replace(incoming, path=str(relative), size_bytes=size,
+                                                        calling_ae_title=calling))
             self.associations.of(event).stored += 1
         except SQLAlchemyError as exc:
             log.error("cannot record %s: %s", incoming.sop_instance_uid, one_line(exc))

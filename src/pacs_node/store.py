@@ -4,8 +4,6 @@ left on disk, and the write that follows cannot fail on the dataset's content.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
@@ -65,45 +63,36 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> 
         raise BadDataset(f"Pixel Data is truncated: {len(pixel_data)} bytes, {expected} expected")
 
 
-@dataclass(frozen=True)
-class Incoming:
-    """A checked request: the UIDs (valid, the dataset's agreeing with the request's) and what is recorded."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    modality: str
-    patient_id: str
-    patient_name: str
-    study_date: str
-    accession_number: str
-    study_description: str
-    series_number: int | None
-    series_description: str
-    instance_number: int | None
-
-    def received(self, path: str, size_bytes: int, calling_ae_title: str) -> ingest.ReceivedInstance:
-        return ingest.ReceivedInstance(
-            study_instance_uid=self.study_instance_uid, series_instance_uid=self.series_instance_uid,
-            sop_instance_uid=self.sop_instance_uid, sop_class_uid=self.sop_class_uid,
-            transfer_syntax_uid=self.transfer_syntax_uid, modality=self.modality, path=path, size_bytes=size_bytes,
-            calling_ae_title=calling_ae_title, patient_id=self.patient_id, patient_name=self.patient_name,
-            study_date=self.study_date, accession_number=self.accession_number,
-            study_description=self.study_description, series_number=self.series_number,
-            series_description=self.series_description, instance_number=self.instance_number)
-
-
 def series_of(ds: Dataset) -> tuple[str, str]:
     """Study and Series Instance UIDs, checked: what a request is about, found first."""
     return check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"), \
         check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
 
 
+def _float(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+    except Exception as exc:
+        raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
+
+
+def _texts(ds: Dataset, keyword: str, limit: int) -> str:
+    """A multi-valued text attribute (ImageType) as the database keeps it: values joined by backslashes."""
+    try:
+        value = ds.get(keyword)
+    except Exception as exc:
+        raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
+    values = [] if value in (None, "") else [value] if isinstance(value, str) else list(value)
+    return "\\".join(str(v).strip() for v in values)[:limit]
+
+
 def check(ds: Dataset, affected_sop_instance_uid: object, affected_sop_class_uid: object,
-          transfer_syntax: str) -> Incoming:
-    """Everything about the request that must hold before it is stored; ``BadDataset`` (or ``InvalidUID``)
+          transfer_syntax: str) -> ingest.ReceivedInstance:
+    """Everything about the request that must hold before it is stored, and what the database keeps of it
+    (its file's path and size and the caller come after the write); ``BadDataset`` (or ``InvalidUID``)
     naming the attribute and value otherwise."""
     study, series = series_of(ds)
     sop_instance_uid = check_uid(affected_sop_instance_uid, "AffectedSOPInstanceUID")
@@ -113,10 +102,14 @@ def check(ds: Dataset, affected_sop_instance_uid: object, affected_sop_class_uid
     if check_uid(ds.get("SOPClassUID"), "SOPClassUID") != sop_class_uid:
         raise WrongSOPClass(f"SOPClassUID {ds.SOPClassUID} differs from the request's {sop_class_uid}")
     _check_pixel_data(ds, UID(transfer_syntax), sop_class_uid)
-    return Incoming(
+    return ingest.ReceivedInstance(
         study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop_instance_uid,
         sop_class_uid=sop_class_uid, transfer_syntax_uid=str(transfer_syntax), modality=_text(ds, "Modality", 16),
+        path="", size_bytes=0, calling_ae_title="",
         patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
         study_date=_text(ds, "StudyDate", 8), accession_number=_text(ds, "AccessionNumber", 16),
         study_description=_text(ds, "StudyDescription", 64), series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription", 64), instance_number=_int(ds, "InstanceNumber"))
+        series_description=_text(ds, "SeriesDescription", 64), instance_number=_int(ds, "InstanceNumber"),
+        body_part_examined=_text(ds, "BodyPartExamined", 16), protocol_name=_text(ds, "ProtocolName", 64),
+        image_type=_texts(ds, "ImageType", 128), manufacturer=_text(ds, "Manufacturer", 64),
+        slice_thickness=_float(ds, "SliceThickness"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pynetdicom.events import Event
@@ -64,14 +65,17 @@ class Associations:
     """The open associations of one receiver, and what happens when each ends: its series are released
     (with why they may be partial) and the association goes into the audit trail."""
 
-    def __init__(self, db: Database, writing: threading.Lock, actor: str) -> None:
-        """``writing``: the lock the receiver's database writes take turns on."""
+    def __init__(self, db: Database, writing: threading.Lock, actor: str,
+                 settle_for: Callable[[str], float | None] = lambda ae_title: None) -> None:
+        """``writing``: the lock the receiver's database writes take turns on; ``settle_for``: a calling AE
+        title's own settle time, if its peer entry gives one."""
         self.db = db
+        self.settle_for = settle_for
         self.writing = writing
         self.actor = actor
         self._lock = threading.Lock()
         self._open: dict[int, Transfer] = {}
-        self._unrecorded: list[dict[str, str | None]] = []  # ends of associations the database refused
+        self._unrecorded: list[tuple[dict[str, str | None], float | None]] = []  # ends the database refused
 
     def of(self, event: Event) -> Transfer:
         with self._lock:
@@ -99,14 +103,15 @@ class Associations:
         for uid, reason in outcomes.items():
             if reason:
                 log.warning("series %s may be partial: %s; it waits for the sender's retry", uid, printable(reason))
+        settle = self.settle_for(transfer.calling_ae_title)
         try:
             with self.writing:
-                ingest.release_series(self.db, outcomes)
+                ingest.release_series(self.db, outcomes, settle_seconds=settle)
         except Exception as exc:
             log.error("cannot record the end of an association for %s (%s); trying again later", sorted(outcomes),
                       one_line(exc))
             with self._lock:
-                self._unrecorded.append(outcomes)
+                self._unrecorded.append((outcomes, settle))
 
     def _audit(self, transfer: Transfer) -> None:
         ending = "released" if transfer.released else "aborted or lost"
@@ -126,10 +131,10 @@ class Associations:
         then their series cannot settle."""
         with self._lock:
             pending, self._unrecorded = self._unrecorded, []
-        for n, outcomes in enumerate(pending):
+        for n, (outcomes, settle) in enumerate(pending):
             try:
                 with self.writing:
-                    ingest.release_series(self.db, outcomes)
+                    ingest.release_series(self.db, outcomes, settle_seconds=settle)
             except Exception:
                 with self._lock:
                     self._unrecorded.extend(pending[n:])
