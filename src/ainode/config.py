@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,9 +41,10 @@ from db.queue import QueuePolicy
 from db.retention import RetentionPolicy
 from db.storage import Watermark
 from pacs_node.connection import GuardConfig
-from pacs_node.dispatch import Destination
+from pacs_node.dispatch import Destination, Sendable
 from pacs_node.peers import Peer
 from pacs_node.scp import ReceiverConfig
+from pacs_node.stow import StowDestination
 from pacs_node.tls import TLSFiles, client_context
 from worker.models.registry import ModelEntry
 from worker.results.identity import OutputSettings
@@ -154,14 +154,19 @@ class Settings(BaseSettings):
         d = self.delivery
         return DeliveryPolicy(d.lease_seconds, d.backoff_seconds, d.backoff_max_seconds)
 
-    def destination_map(self) -> dict[str, Destination]:
+    def destination_map(self) -> dict[str, Sendable]:
         """The destinations, their TLS contexts built now: a missing or wrong certificate stops start-up."""
-        def tls(name: str, d: DestinationSection) -> ssl.SSLContext | None:
+        def destination(name: str, d: DestinationSection) -> Sendable:
+            if d.kind == "dicomweb":
+                password = read_secret(d.password_file, f"destinations.{name}.password_file") \
+                    if d.password_file else ""
+                return StowDestination(name, d.url, d.username, password,
+                                       str(d.ca_certificates) if d.ca_certificates else True)
             files = TLSFiles(d.certificate, d.private_key, d.ca_certificates)
-            return client_context(files, f"destinations.{name}") if d.tls else None
+            return Destination(name, d.host, d.port, str(d.ae_title),
+                               client_context(files, f"destinations.{name}") if d.tls else None)
 
-        return {name: Destination(name, d.host, d.port, d.ae_title, tls(name, d))
-                for name, d in self.destinations.items()}
+        return {name: destination(name, d) for name, d in self.destinations.items()}
 
     def status_access(self) -> Access:
         """The status page's credentials, read from their files now (``ConfigurationError`` naming the key)."""

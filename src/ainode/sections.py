@@ -150,13 +150,28 @@ class ModelSection(_Section):
 
 
 class DestinationSection(_Section):
-    host: str
-    port: int = Field(ge=1, le=65535)
-    ae_title: AETitle
+    """A DICOM destination (``kind = "dicom"``: C-STORE to host, port and AE title) or a DICOMweb one
+    (``kind = "dicomweb"``: STOW-RS to ``url``)."""
+
+    kind: Literal["dicom", "dicomweb"] = "dicom"
+    host: str = ""
+    port: int = Field(0, ge=0, le=65535)
+    ae_title: AETitle | None = None
+    url: str = ""  # the DICOMweb root, e.g. https://pacs.example/dicom-web
+    username: str = ""  # HTTP basic authentication for DICOMweb
+    password_file: Path | None = None
     tls: bool = False  # DICOM TLS: the destination's certificate checked against ca_certificates
-    ca_certificates: Path | None = None  # empty: the system's authorities
+    ca_certificates: Path | None = None  # empty: the system's authorities (DICOM TLS and https)
     certificate: Path | None = None  # this node's, for a destination that requires client certificates
     private_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> "DestinationSection":
+        if self.kind == "dicom" and (not self.host or not self.port or self.ae_title is None):
+            raise ValueError("a DICOM destination needs host, port and ae_title")
+        if self.kind == "dicomweb" and not re.match(r"^https?://", self.url):
+            raise ValueError(f"url {self.url!r}: a DICOMweb destination needs an http(s) URL")
+        return self
 
 
 class DeliverySection(_Section):

@@ -1,4 +1,5 @@
-"""The sender: delivers result files from the outbox to their destinations with C-STORE.
+"""The sender: delivers result files from the outbox to their destinations, with C-STORE (a DICOM
+destination) or STOW-RS (a DICOMweb one, ``pacs_node.stow``).
 
 One association per file, TCP_NODELAY on (pynetdicom leaves Nagle's algorithm on, which costs ~40 ms
 per message), and every outcome recorded on the delivery. A lost response or a refusing peer only
@@ -11,8 +12,10 @@ import logging
 import socket
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydicom import dcmread
 from pynetdicom import AE, evt
@@ -26,13 +29,29 @@ from pacs_node.status import STORED
 
 log = logging.getLogger("ainode.deliver")
 
+
+
+class Sendable(Protocol):
+    """A destination of any kind: it sends one file and answers with the status it got (DIMSE codes)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def send(self, path: Path, calling_ae_title: str) -> int: ...
+
+
 @dataclass(frozen=True)
 class Destination:
+    """A DICOM destination, reached with C-STORE."""
+
     name: str
     host: str
     port: int
     ae_title: str
     tls: ssl.SSLContext | None = None  # DICOM TLS: what to check the peer against and present to it
+
+    def send(self, path: Path, calling_ae_title: str) -> int:
+        return send_file(path, self, calling_ae_title)
 
 
 def _no_delay(event: Event) -> None:
@@ -65,7 +84,7 @@ class Dispatcher:
     """Works through the outbox until stopped."""
 
     def __init__(self, db: Database, storage_root: Path, calling_ae_title: str,
-                 destinations: dict[str, Destination], policy: outbox.DeliveryPolicy, name: str) -> None:
+                 destinations: Mapping[str, Sendable], policy: outbox.DeliveryPolicy, name: str) -> None:
         self.db = db
         self.storage_root = storage_root
         self.calling_ae_title = calling_ae_title
@@ -83,7 +102,7 @@ class Dispatcher:
             outbox.failed(self.db, task.id, f"destination {task.destination!r} is not configured", self.policy)
             return True
         try:
-            status = send_file(self.storage_root / task.path, destination, self.calling_ae_title)
+            status = destination.send(self.storage_root / task.path, self.calling_ae_title)
         except (PeerFailure, OSError) as exc:
             when = outbox.failed(self.db, task.id, one_line(exc), self.policy)
             log.warning("delivery %d of %s to %s failed: %s; next try at %s", task.id, task.sop_instance_uid,
@@ -97,7 +116,7 @@ class Dispatcher:
             outbox.delivered(self.db, task.id, status)
             log.info("delivered %s to %s (status 0x%04X)", task.sop_instance_uid, task.destination, status)
         else:
-            outbox.failed(self.db, task.id, f"{destination.ae_title} answered status 0x{status:04X}", self.policy,
+            outbox.failed(self.db, task.id, f"{destination.name} answered status 0x{status:04X}", self.policy,
                           status=status)
         return True
 
