@@ -28,7 +28,7 @@ def test_defaults_listen_on_loopback_and_send_to_a_named_destination() -> None:
         ("[node]\nallowed_calling_ae_titles = []\n", "unknown callers are always refused"),
         ('[delivery]\nresult_destinations = ["archive"]\n', "names 'archive', but [destinations] has pacs"),
         ('[worker]\ndevice = "gpu"\n', "worker.device: device 'gpu' must be auto, cpu, cuda or cuda:N"),
-        ('[destinations.pacs]\nhost = "x"\n', "destinations.pacs.port: Field required"),
+        ('[destinations.pacs]\nhost = "x"\n', "destinations.pacs: a DICOM destination needs host, port and ae_title"),
         ("[queue\n", "not valid TOML"),
     ],
 )
