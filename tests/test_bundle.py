@@ -129,6 +129,7 @@ def monai_bundle_run(bundle: Path, image_file: Path, out: Path, overrides: dict[
 def test_the_mask_equals_monai_running_the_bundle_on_the_nifti(tmp_path: Path, name: str, seed: int,
                                                                crop: float) -> None:
     pytest.importorskip("ignite", reason="the parity test needs the bundle's own runner (pip install '.[test]')")
+    pytest.importorskip("nibabel", reason="the bundle extra is not installed (pip install '.[bundle]')")
     bundle = make_bundle(name, tmp_path / name)
     runtime = registry.load(registry.ModelEntry(name, "monai-bundle", bundle, "cpu"))
     image = phantom(seed, crop_mm=crop)
@@ -157,6 +158,7 @@ def test_wholebody_gives_one_seg_with_all_its_segments_that_dciodvfy_accepts(tmp
     from worker.results.identity import OutputSettings, result_identity
     from worker.results.seg import build_segmentation
 
+    pytest.importorskip("nibabel", reason="the bundle extra is not installed (pip install '.[bundle]')")
     bundle = make_bundle("wholeBody_ct_segmentation", tmp_path / "wb", LOWRES)
     runtime = registry.load(registry.ModelEntry("wb", "monai-bundle", bundle, "cpu", {"overrides": LOWRES}))
     series: PhantomSeries = phantom_series(tmp_path / "series", seed=5, matrix=128, slice_thickness=5.0)

@@ -12,6 +12,7 @@ A bundle is code: MONAI evaluates its ``$`` expressions. It is read only from th
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
@@ -36,6 +37,8 @@ IN_MEMORY = "ainode-in-memory-image"  # the "file name" LoadImaged sees
 # class no longer takes them (SwinUNETR's img_size: deprecated in MONAI 1.3, removed in 1.5).
 IGNORED_REMOVED_ARGS = {"SwinUNETR": ("img_size",)}
 LOADERS, WRITERS = ("LoadImaged",), ("SaveImaged", "SaveImage")
+# what MONAI imports only when a transform or network runs (the ``bundle`` extra): checked at load instead
+NEEDS = {"Orientation": "nibabel", "SwinUNETR": "einops", "KeepLargestConnectedComponent": "skimage"}
 # LoadImaged arguments that do not depend on the reader; any other goes to a file reader, whose effect
 # (nibabel's as_closest_canonical, ...) the in-memory reader would silently not have
 LOADER_ARGS = {"_target_", "keys", "reader", "dtype", "meta_keys", "meta_key_postfix", "overwriting",
@@ -72,6 +75,11 @@ class BundleRuntime:
                                      f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
 
     def _load(self) -> None:
+        text = self.spec.config_file.read_text()
+        for word, module in NEEDS.items():
+            if word in text and importlib.util.find_spec(module) is None:
+                raise ConfigurationError(f"bundle {self.spec.name!r} uses {word}, which needs {module}: "
+                                         "pip install 'ainode[bundle]'")
         self.parser = self._parser()
         self.image_key = str(self.parser.get("image_key", "image"))
         self.amp = self._evaluator_amp()
