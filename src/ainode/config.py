@@ -176,7 +176,8 @@ class Settings(BaseSettings):
                       tuple(name.lower() for name in s.allowed_hosts))
 
     def model_entries(self) -> list[ModelEntry]:
-        return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device) for name, m in self.models.items()]
+        return [ModelEntry(name, m.kind, m.path, m.device or self.worker.device, m.options())
+                for name, m in self.models.items()]
 
     def output_settings(self, model: str | None = None) -> OutputSettings:
         o = self.output

@@ -75,6 +75,26 @@ def models(config: ConfigOption = None) -> None:
 
 
 @app.command()
+def export(model: Annotated[str, typer.Option(help="The [models.NAME] to export (kind ainode)")] = "demo",
+           format: Annotated[str, typer.Option("--format", help="torchscript or onnx")] = "onnx",
+           out: Annotated[Optional[Path], typer.Option(help="Folder to write (default: export-NAME-FORMAT)")] = None,
+           config: ConfigOption = None) -> None:
+    """Write a model as TorchScript or ONNX with its model.toml beside it (configure it as that kind)."""
+    from worker.models import registry
+    from worker.models.export import export as write
+
+    entry = next((e for e in load(config).model_entries() if e.name == model), None)
+    if entry is None or entry.kind != "ainode" or format not in ("torchscript", "onnx"):
+        fail(f"--model {model!r} must name a configured model of kind ainode, --format torchscript or onnx")
+    try:
+        runtime = registry.load(registry.ModelEntry(entry.name, entry.kind, entry.path, "cpu"))
+        written = write(runtime.spec, runtime.network, format, out or Path(f"export-{model}-{format}"))  # type: ignore
+    except ConfigurationError as exc:
+        fail(str(exc))
+    console.print(f"wrote {written.parent}: configure it as kind = {format!r}, path = {str(written)!r}")
+
+
+@app.command()
 def purge(config: ConfigOption = None,
           dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list what would go")] = False) -> None:
     """Delete the files of series whose retention time has passed (rows stay, marked purged); --dry-run lists

@@ -131,6 +131,16 @@ class WorkerSection(_Section):
     interpolate_missing_slices: int = Field(0, ge=0, le=3)
 
 
+# the keys of [models.NAME] that only some kinds take
+KIND_OPTIONS: dict[str, frozenset[str]] = {
+    "ainode": frozenset(),
+    "monai-bundle": frozenset({"overrides", "labels", "modality"}),
+    "nnunet-v2": frozenset({"folds", "checkpoint", "orientation", "mirroring", "tile_step_size", "labels", "modality"}),
+    "torchscript": frozenset(),
+    "onnx": frozenset({"providers"}),
+}
+
+
 class ModelSection(_Section):
     """One model the node runs: ``[models.NAME]``. Output keys left unset take ``[output]``'s."""
 
@@ -141,12 +151,43 @@ class ModelSection(_Section):
     sr_series_number: int | None = Field(None, ge=1)
     seg_series_description: str | None = Field(None, max_length=64)
     sr_series_description: str | None = Field(None, max_length=64)
+    # monai-bundle: config keys set before the bundle is parsed, e.g. {"displayable_configs#highres" = false}
+    overrides: dict[str, Any] | None = None
+    # monai-bundle, nnunet-v2: codes and colours of the labels (default: labels.toml in the model's folder)
+    labels: Path | None = None
+    modality: Literal["CT", "MR", "PT"] | None = None  # when the folder's own word for it is not one of these
+    # nnunet-v2: which folds to average, which checkpoint file, the orientation nnU-Net expects when its
+    # plans do not say (TotalSegmentator: RAS), test-time mirroring, sliding-window step (fraction of a patch)
+    folds: list[int | Literal["all"]] | None = Field(None, min_length=1)
+    checkpoint: str | None = Field(None, pattern=r"^[\w.-]+\.pth$")
+    orientation: str | None = Field(None, pattern=r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$|^[PA][SI][LR]$"
+                                                  r"|^[SI][LR][PA]$|^[SI][PA][LR]$")
+    mirroring: bool | None = None
+    tile_step_size: float | None = Field(None, gt=0.0, le=1.0)
+    # onnx: ONNX Runtime execution providers in order of preference (default: CUDA for cuda devices, else CPU)
+    providers: list[str] | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _path(self) -> "ModelSection":
         if self.path is None and self.kind != "ainode":
             raise ValueError(f"path: a {self.kind} model needs the path of its folder or file")
         return self
+
+    @model_validator(mode="after")
+    def _options(self) -> "ModelSection":
+        for key in sorted(self.model_fields_set & self.option_keys()):
+            if getattr(self, key) is not None and key not in KIND_OPTIONS[self.kind]:
+                takers = [kind for kind, keys in KIND_OPTIONS.items() if key in keys]
+                raise ValueError(f"{key}: an option of {' and '.join(takers)} models, not of {self.kind}")
+        return self
+
+    @staticmethod
+    def option_keys() -> frozenset[str]:
+        return frozenset().union(*KIND_OPTIONS.values())
+
+    def options(self) -> dict[str, Any]:
+        """The kind-specific settings that are set, as the model registry takes them."""
+        return {key: getattr(self, key) for key in sorted(self.option_keys()) if getattr(self, key) is not None}
 
 
 class DestinationSection(_Section):

@@ -8,10 +8,10 @@ nnunetv2, onnxruntime) are imported by the kind's module, when a model of that k
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from db.errors import ConfigurationError
 from worker.models.spec import ModelSpec
@@ -23,7 +23,11 @@ Kind = Literal["ainode", "monai-bundle", "nnunet-v2", "torchscript", "onnx"]
 
 # kind → (its describe function, its runtime class), as "module:name" so nothing heavy is imported early
 KINDS: dict[str, tuple[str, str]] = {
-    "ainode": ("worker.models.spec:load_spec", "worker.models.unet:UNetRuntime"),
+    "ainode": ("worker.models.spec:describe_ainode", "worker.models.unet:UNetRuntime"),
+    "monai-bundle": ("worker.models.bundle_spec:describe_bundle", "worker.models.bundle:BundleRuntime"),
+    "nnunet-v2": ("worker.models.nnunet_spec:describe_nnunet", "worker.models.nnunet:NnUNetRuntime"),
+    "torchscript": ("worker.models.spec:describe_torchscript", "worker.models.torchscript:TorchScriptRuntime"),
+    "onnx": ("worker.models.spec:describe_onnx", "worker.models.onnx:OnnxRuntime"),
 }
 
 
@@ -35,6 +39,7 @@ class ModelEntry:
     kind: str
     path: Path | None
     device: str = "auto"
+    options: Mapping[str, Any] = field(default_factory=dict)  # the kind's own keys (bundle overrides, folds…)
 
 
 def _resolve(target: str) -> object:
@@ -51,9 +56,9 @@ def _kind(entry: ModelEntry) -> tuple[str, str]:
 
 def describe(entry: ModelEntry) -> ModelSpec:
     """What the model says about itself; ``ConfigurationError`` naming the model when its files are wrong."""
-    describer = cast(Callable[[Path | None], ModelSpec], _resolve(_kind(entry)[0]))
+    describer = cast(Callable[[Path | None, Mapping[str, Any]], ModelSpec], _resolve(_kind(entry)[0]))
     try:
-        return describer(entry.path)
+        return describer(entry.path, entry.options)
     except ConfigurationError as exc:
         raise ConfigurationError(f"model {entry.name}: {exc}") from exc
 

@@ -13,8 +13,16 @@ from typing import Protocol
 import numpy as np
 import SimpleITK as sitk
 
-from db.errors import ConfigurationError
+from db.errors import ConfigurationError, TransientFailure
 from worker.models.spec import ModelSpec
+
+# what runtimes say when memory runs out: PyTorch (CPU and CUDA), ONNX Runtime, C++ allocators
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory", "failed to allocate", "bad_alloc", "cannot allocate memory")
+
+
+class ModelFailure(TransientFailure):
+    """The model ran but gave nothing usable (NaN, a wrong shape, labels it does not have) or ran out of
+    memory: its job fails with the reason, retried as configured; other models' jobs are not affected."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,35 @@ def choose_device(name: str, cuda_available: bool) -> str:
     return name
 
 
+def check(output: ModelOutput, spec: ModelSpec) -> None:
+    """Refuse an output no SEG may be made of, whatever kind of model produced it."""
+    where = f"model {spec.name} {spec.version}"
+    size = tuple(reversed(output.grid.GetSize()))
+    if output.probabilities is not None:
+        classes = max(label.value for label in spec.labels) + 1
+        shape = tuple(output.probabilities.shape)
+        if len(shape) != 4 or shape[1:] != size or shape[0] != classes:
+            raise ModelFailure(f"{where} returned probabilities of shape {shape}; expected ({classes}, "
+                               f"{', '.join(map(str, size))}) (classes, z, y, x) on its grid")
+        if not np.isfinite(output.probabilities).all():
+            raise ModelFailure(f"{where} returned NaN or infinite probabilities")
+        return
+    if output.labels is None:
+        raise ModelFailure(f"{where} returned neither probabilities nor labels")
+    labels = output.labels
+    if tuple(labels.shape) != size:
+        raise ModelFailure(f"{where} returned labels of shape {tuple(labels.shape)}; expected "
+                           f"({', '.join(map(str, size))}) (z, y, x) on its grid")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise ModelFailure(f"{where} returned NaN or infinite labels")
+    if labels.dtype.kind not in "biuf":
+        raise ModelFailure(f"{where} returned labels of type {labels.dtype}")
+    top = max(label.value for label in spec.labels)
+    low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
+    if low < 0 or high > top or (labels.dtype.kind == "f" and not np.array_equal(labels, np.rint(labels))):
+        raise ModelFailure(f"{where} returned label values {low:g}..{high:g}; its labels are 1..{top} (0: none)")
+
+
 def to_source(output: ModelOutput, source: sitk.Image) -> np.ndarray:
     """Labels (z, y, x, uint8) on the exact grid of ``source``.
 
@@ -68,11 +105,25 @@ def to_source(output: ModelOutput, source: sitk.Image) -> np.ndarray:
         raise ValueError("a model output needs probabilities or labels")
     labels = sitk.GetImageFromArray(output.labels.astype(np.uint8))
     labels.CopyInformation(output.grid)
+    if output.grid is source:  # already on the source grid (nnU-Net, bundles with Invertd): nothing to resample
+        return sitk.GetArrayFromImage(labels)
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
     resampler.SetOutputPixelType(sitk.sitkUInt8)
     return sitk.GetArrayFromImage(resampler.Execute(labels))
 
 
 def segment(runtime: Runtime, image: sitk.Image) -> np.ndarray:
-    """Run the model on ``image`` and return its labels on that image's own grid."""
-    return to_source(runtime.infer(image), image)
+    """Run the model on ``image`` and return its labels on that image's own grid, its output checked."""
+    spec = runtime.spec
+    try:
+        output = runtime.infer(image)
+    except MemoryError as exc:
+        raise ModelFailure(f"model {spec.name} {spec.version} ran out of memory on {runtime.device}") from exc
+    except Exception as exc:
+        text = str(exc)
+        if any(words in text.lower() for words in _OUT_OF_MEMORY):
+            raise ModelFailure(f"model {spec.name} {spec.version} ran out of memory on {runtime.device}: "
+                               f"{text.splitlines()[0][:200]}") from exc
+        raise
+    check(output, spec)
+    return to_source(output, image)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -36,6 +37,7 @@ class LabelSpec(_Strict):
     category: Code
     type: Code
     anatomic_region: Code | None = None
+    modifier: Code | None = None  # of the type, e.g. laterality (SNOMED CT "Left")
     color: tuple[int, int, int] = (255, 0, 0)
     keep_largest: int = Field(0, ge=0, description="Keep this many largest components; 0 keeps all")
     fill_holes: bool = False
@@ -139,15 +141,14 @@ class ModelSpec(_Strict):
         return digest.hexdigest()
 
 
-class UNetSpec(ModelSpec):
-    """The ``ainode`` kind's ``model.toml``: a MONAI ``UNet``, its preprocessing and sliding window."""
+class GridModelSpec(ModelSpec):
+    """A network ainode runs itself: resampled to its grid, windowed, sliding window, labels 1..N."""
 
-    architecture: ArchitectureSpec = ArchitectureSpec()
     preprocess: PreprocessSpec = PreprocessSpec()
     inference: InferenceSpec = InferenceSpec()
 
     @model_validator(mode="after")
-    def _consecutive(self) -> "UNetSpec":
+    def _consecutive(self) -> "GridModelSpec":
         values = sorted(label.value for label in self.labels)
         if values != list(range(1, len(values) + 1)):
             raise ValueError(f"label values {values} must be 1..{len(values)}, each once")
@@ -162,9 +163,25 @@ class UNetSpec(ModelSpec):
         return self.preprocess.spacing
 
 
-def load_spec(path: Path | str | None = None) -> UNetSpec:
-    """Read and validate a model file; the bundled demo model when no path is given."""
-    path = Path(path) if path else DEMO_MODEL
+class UNetSpec(GridModelSpec):
+    """The ``ainode`` kind's ``model.toml``: a MONAI ``UNet``, its preprocessing and sliding window."""
+
+    architecture: ArchitectureSpec = ArchitectureSpec()
+
+
+class ExportedSpec(GridModelSpec):
+    """A ``torchscript`` or ``onnx`` model, as ``ainode export`` writes it: the network in one file and,
+    beside it, this description (the grid, window, sliding window and labels of the model it came from)."""
+
+    kind: Literal["torchscript", "onnx"]
+    exported_from: dict[str, str] = {}  # kind, name, version and weights digest of the source model
+    providers: tuple[str, ...] = ()  # onnx: ONNX Runtime execution providers, in order ([models.NAME] providers)
+
+
+_Spec = TypeVar("_Spec", bound=ModelSpec)
+
+
+def _read(path: Path, cls: type[_Spec]) -> _Spec:
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
@@ -172,9 +189,40 @@ def load_spec(path: Path | str | None = None) -> UNetSpec:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"model file {str(path)!r} is not valid TOML: {exc}") from exc
     try:
-        spec = UNetSpec.model_validate({**raw, "path": path.resolve()})
+        return cls.model_validate({**raw, "path": path.resolve()})
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first["loc"])
         raise ConfigurationError(f"model file {str(path)!r}: {key}: {first['msg']}") from exc
+
+
+def load_spec(path: Path | str | None = None) -> UNetSpec:
+    """Read and validate a model file; the bundled demo model when no path is given."""
+    return _read(Path(path) if path else DEMO_MODEL, UNetSpec)
+
+
+def describe_ainode(path: Path | None, options: Mapping[str, Any]) -> UNetSpec:
+    """The ``ainode`` kind in the registry: its ``model.toml`` (no options)."""
+    return load_spec(path)
+
+
+def load_exported_spec(path: Path, kind: str) -> ExportedSpec:
+    spec = _read(Path(path), ExportedSpec)
+    if spec.kind != kind:
+        raise ConfigurationError(f"model file {str(path)!r} describes a {spec.kind} model, not {kind}")
     return spec
+
+
+def describe_torchscript(path: Path | None, options: Mapping[str, Any]) -> ExportedSpec:
+    return load_exported_spec(_required(path, "torchscript"), "torchscript")
+
+
+def describe_onnx(path: Path | None, options: Mapping[str, Any]) -> ExportedSpec:
+    spec = load_exported_spec(_required(path, "onnx"), "onnx")
+    return spec.model_copy(update={"providers": tuple(options["providers"])}) if options.get("providers") else spec
+
+
+def _required(path: Path | None, kind: str) -> Path:
+    if path is None:
+        raise ConfigurationError(f"a {kind} model needs the path of its description (model.toml)")
+    return path

@@ -6,6 +6,8 @@ on the model's own grid (``worker.models.grid``); the probabilities go back thro
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -15,7 +17,7 @@ from monai.networks.nets import UNet
 from db.errors import ConfigurationError
 from worker.models.grid import to_model_space
 from worker.models.runtime import ModelOutput, choose_device
-from worker.models.spec import UNetSpec
+from worker.models.spec import InferenceSpec, UNetSpec
 
 
 def build_network(spec: UNetSpec) -> torch.nn.Module:
@@ -30,6 +32,20 @@ def build_network(spec: UNetSpec) -> torch.nn.Module:
         norm=arch.norm,
         dropout=arch.dropout,
     )
+
+
+def sliding_probabilities(predictor: Callable[[torch.Tensor], torch.Tensor], model_input: np.ndarray,
+                          inference: InferenceSpec, device: str) -> np.ndarray:
+    """Softmax probabilities (C, z, y, x) of a network over a preprocessed (z, y, x) array, window by
+    window as the model file says; shared by every kind that runs a network on ainode's own grid."""
+    tensor = torch.from_numpy(model_input)[None, None].to(torch.device(device))
+    with torch.inference_mode():
+        logits = sliding_window_inference(
+            tensor, roi_size=inference.roi_size, sw_batch_size=inference.sw_batch_size, predictor=predictor,
+            overlap=inference.overlap, mode=inference.mode, padding_mode=inference.padding_mode,
+        )
+        assert isinstance(logits, torch.Tensor)  # one output head: a tensor, not a tuple or dict
+        return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
 
 
 class UNetRuntime:
@@ -56,15 +72,7 @@ class UNetRuntime:
 
     def probabilities(self, model_input: np.ndarray) -> np.ndarray:
         """Softmax probabilities (C, z, y, x) for a preprocessed (z, y, x) array."""
-        tensor = torch.from_numpy(model_input)[None, None].to(torch.device(self.device))
-        inf = self.spec.inference
-        with torch.inference_mode():
-            logits = sliding_window_inference(
-                tensor, roi_size=inf.roi_size, sw_batch_size=inf.sw_batch_size, predictor=self.network,
-                overlap=inf.overlap, mode=inf.mode, padding_mode=inf.padding_mode,
-            )
-            assert isinstance(logits, torch.Tensor)  # one output head: a tensor, not a tuple or dict
-            return torch.softmax(logits, dim=1)[0].float().cpu().numpy()
+        return sliding_probabilities(self.network, model_input, self.spec.inference, self.device)
 
     def infer(self, image: sitk.Image) -> ModelOutput:
         """Class probabilities on the model's grid covering ``image``."""

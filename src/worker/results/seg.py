@@ -15,7 +15,7 @@ from worker.results.identity import OutputSettings, ResultIdentity
 
 def describe(spec: ModelSpec, finding: LabelFinding, identity: ResultIdentity) -> hd.seg.SegmentDescription:
     label = finding.label
-    return hd.seg.SegmentDescription(
+    segment = hd.seg.SegmentDescription(
         segment_number=finding.segment_number,
         segment_label=label.name,
         segmented_property_category=coded(label.category),
@@ -27,6 +27,10 @@ def describe(spec: ModelSpec, finding: LabelFinding, identity: ResultIdentity) -
         anatomic_regions=[coded(label.anatomic_region)] if label.anatomic_region else None,
         display_color=hd.color.CIELabColor.from_rgb(*label.color),
     )
+    if label.modifier is not None:  # laterality and the like qualify the property type (PS3.3 C.8.20.2)
+        segment.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+            coded(label.modifier)]
+    return segment
 
 
 def numbered(findings: Findings) -> np.ndarray:

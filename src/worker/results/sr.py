@@ -6,7 +6,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from worker.models.spec import ModelSpec
+from worker.models.spec import LabelSpec, ModelSpec
 from worker.results.content import coded, contributing_equipment, device_observer, tracking_uid
 from worker.results.findings import Findings
 from worker.results.identity import OutputSettings, ResultIdentity
@@ -21,6 +21,7 @@ PROCEDURE = {
 }
 
 
+LATERALITY = {("SCT", "7771000"), ("SCT", "24028007"), ("SCT", "51440002"), ("SCT", "66459002")}  # CID 244
 FINDING = hd.sr.CodedConcept("121071", "DCM", "Finding")
 FINDING_ABSENT = hd.sr.CodedConcept("373572006", "SCT", "Clinical finding absent")
 
@@ -67,6 +68,14 @@ def build_nothing_found_report(sources: list[Dataset], spec: ModelSpec, identity
     return _document(sources, [], report, spec, identity, settings)
 
 
+def _laterality(label: LabelSpec) -> hd.sr.CodedConcept | None:
+    """A label's modifier when it is a laterality (CID 244: left, right, bilateral, unilateral)."""
+    modifier = label.modifier
+    if modifier is None or (modifier.scheme, modifier.value) not in LATERALITY:
+        return None
+    return coded(modifier)
+
+
 def build_report(sources: list[Dataset], findings: Findings, seg: hd.seg.Segmentation, spec: ModelSpec,
                  identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
     """One volumetric group per SEG segment: volume, and for CT mean and SD of HU, with its finding codes."""
@@ -93,7 +102,7 @@ def build_report(sources: list[Dataset], findings: Findings, seg: hd.seg.Segment
                                                        source_series=source_series),
             finding_type=coded(label.type),
             finding_category=coded(label.category),
-            finding_sites=[hd.sr.FindingSite(coded(site))],
+            finding_sites=[hd.sr.FindingSite(coded(site), laterality=_laterality(label))],
             measurements=measurements,
         ))
     report = hd.sr.MeasurementReport(
