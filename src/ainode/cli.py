@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 import typer
 from rich.console import Console
 
+from ainode import training_commands
 from db.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -180,8 +181,10 @@ def worker(config: ConfigOption = None, verbose: bool = False) -> None:
             runtime = UNetRuntime(load_spec(settings.worker.model), settings.worker.device, settings.worker.threads)
         except ConfigurationError as exc:
             _fail(str(exc))
+        w = settings.worker
         pipeline = Pipeline(runtime, PipelineConfig(settings.storage.root.resolve(), settings.output_settings(),
-                                                    settings.worker.interpolate_missing_slices))
+                                                    w.interpolate_missing_slices, w.max_slice_gap_ratio,
+                                                    w.merge_frames_of_reference))
         stop = threading.Event()
         _stop_on_signals(stop)
         Worker(db, settings.queue_policy(), pipeline,
@@ -246,56 +249,7 @@ def demo(
     raise typer.Exit(code)
 
 
-@app.command()
-def train(
-    out: Annotated[Path, typer.Option(help="Where to write the weights")],
-    model: Annotated[Optional[Path], typer.Option(help="Model file (model.toml); the demo model by default")] = None,
-    cases: Annotated[int, typer.Option(help="Number of generated phantoms to train on")] = 48,
-    steps: Annotated[int, typer.Option(help="Optimiser steps")] = 1200,
-    batch: Annotated[int, typer.Option(help="Patches per step")] = 2,
-    patch: Annotated[int, typer.Option(help="Edge of the cubic training patch, in model voxels")] = 80,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (one-cycle schedule)")] = 2e-3,
-    seed: Annotated[int, typer.Option(help="Seed for phantoms, sampling and initial weights")] = 0,
-) -> None:
-    """Train a model's network on generated chest CT phantoms (DiceFocal loss)."""
-    from training.train import train as run_training
-    from worker.models.spec import load_spec
-
-    try:
-        spec = load_spec(model)
-    except ConfigurationError as exc:
-        _fail(str(exc))
-    run_training(spec, out, cases=cases, steps=steps, batch=batch, patch=(patch, patch, patch), lr=lr,
-                 seed=seed, log=console.print)
-
-
-@app.command()
-def evaluate(
-    model: Annotated[Optional[Path], typer.Option(help="Model file (model.toml); the demo model by default")] = None,
-    cases: Annotated[int, typer.Option(help="Number of fresh phantoms")] = 5,
-    seed: Annotated[int, typer.Option(help="Seed of the evaluation phantoms")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N")] = "auto",
-) -> None:
-    """Print per-label Dice of the model against the truth of freshly generated phantoms."""
-    from rich.table import Table
-
-    from training.evaluate import evaluate as run_evaluation
-    from worker.models.spec import load_spec
-
-    try:
-        spec = load_spec(model)
-    except ConfigurationError as exc:
-        _fail(str(exc))
-    scores = run_evaluation(spec, cases=cases, seed=seed, device=device)
-    table = Table(title=f"{spec.name} {spec.version}: Dice on {cases} fresh phantoms")
-    table.add_column("label")
-    table.add_column("mean", justify="right")
-    table.add_column("min", justify="right")
-    table.add_column("per case")
-    for name, values in scores.items():
-        table.add_row(name, f"{sum(values) / len(values):.3f}", f"{min(values):.3f}",
-                      " ".join(f"{v:.3f}" for v in values))
-    console.print(table)
+training_commands.register(app)
 
 
 def main() -> None:
