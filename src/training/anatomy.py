@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from training.anatomy_parts import Landmarks, Part, Parts, build_parts
-from training.shapes import crosses, inside_box
+from training.shapes import Ellipsoid, crosses, inside_box
 
 LABEL_LUNG = 1
 AIR = -1000.0
@@ -83,13 +83,20 @@ class Anatomy:
         masks.update(body=body, cavity=cavity,
                      below_right=cavity & (z < domes[0] - 4), below_left=cavity & (z < domes[1] - 4))
         self._paint(self.parts.abdomen, q, hu, labels, masks, low, high)
+        aired = np.zeros(len(q), dtype=bool)
         if low[2] <= self.landmarks.apex and high[2] >= self.landmarks.lung_bottom:
-            for side, lung in zip((-1, 1), self.parts.lungs):
-                inside = lung.contains(q) & cavity & (side * x > self.landmarks.mediastinum_mm) \
-                    & (z > domes[0 if side < 0 else 1] + 4)
+            m = self.hu["lung_margin"]
+            grown_cavity = trunk_z & (z <= o.neck - 15 + m) \
+                & ((x / (ax - fat - wall + m)) ** 2 + (y / (ay - fat - wall + m)) ** 2 <= 1.0)
+            for side, lung, dome in zip((-1, 1), self.parts.lungs, domes):
+                inside = lung.contains(q) & cavity & (side * x > self.landmarks.mediastinum_mm) & (z > dome + 4)
                 hu[inside] = self.hu["lung"] + self.hu["lung_gradient"] * np.clip(y[inside] / ay[inside], -1, 1)
-                labels[inside] = LABEL_LUNG
-        masks["lung"] = labels == LABEL_LUNG
+                aired |= inside
+                # references draw the lung's edge on the pleura, a little outside the air: so does the truth
+                grown = Ellipsoid(lung.centre, lung.axes + m).contains(q) & grown_cavity & (z > dome + 4 - m) \
+                    & (side * x > self.landmarks.mediastinum_mm - m)
+                labels[grown] = LABEL_LUNG
+        masks["lung"] = aired
         self._paint(self.parts.in_lung, q, hu, labels, masks, low, high)
         self._paint(self.parts.body, q, hu, labels, masks, low, high)
         return hu, labels
@@ -133,7 +140,8 @@ def random_anatomy(rng: np.random.Generator, nodules: tuple[int, int] = (0, 3)) 
     blood = rng.uniform(150, 350) if contrast else rng.uniform(35, 55)
     hu = {
         "fat": rng.uniform(-120, -80), "soft": rng.uniform(30, 60), "mediastinum": rng.uniform(-70, 10),
-        "visceral": rng.uniform(-110, -40), "lung": rng.uniform(-900, -760), "lung_gradient": rng.uniform(0, 90),
+        "visceral": rng.uniform(-110, -40), "lung": rng.uniform(-960, -720), "lung_gradient": rng.uniform(0, 90),
+        "lung_margin": rng.uniform(0.5, 2.5),
         "blood": blood, "bone": rng.uniform(600, 1100), "marrow": rng.uniform(150, 320),
         "liver": rng.uniform(90, 130) if contrast else rng.uniform(50, 65),
         "spleen": rng.uniform(100, 140) if contrast else rng.uniform(40, 50),

@@ -257,11 +257,26 @@ def _in_lung(rng: np.random.Generator, lm: Landmarks, ax: float, ay: float, hu: 
             end = hilum + direction / np.linalg.norm(direction) * rng.uniform(40, 80)
             parts += [Part(Capsule(hilum, end, 4.0), hu["soft"], label=None, within="lung"),
                       Part(Capsule(hilum, end, 2.8), hu["air"], label=None, within="lung")]
+    for _ in range(int(rng.integers(1, 9)) if rng.random() < 0.5 else 0):  # emphysema, bullae: still lung
+        side = int(rng.choice([-1, 1]))
+        centre = _v(side * ax * rng.uniform(0.25, 0.7), ay * rng.uniform(-0.6, 0.6), rng.uniform(lm.domes[0], lm.apex))
+        parts.append(Part(Ellipsoid(centre, rng.uniform(8, 40, size=3)), rng.uniform(-1000, -950), label=None,
+                          within="lung"))
+    for _ in range(int(rng.integers(0, 3)) if rng.random() < 0.3 else 0):  # ground glass: still lung
+        side = int(rng.choice([-1, 1]))
+        centre = _v(side * ax * rng.uniform(0.25, 0.7), ay * rng.uniform(-0.6, 0.6), rng.uniform(lm.domes[0], lm.apex))
+        parts.append(Part(Ellipsoid(centre, rng.uniform(10, 35, size=3)), rng.uniform(-700, -400), label=None,
+                          within="lung"))
+    if rng.random() < 0.15:  # a pleural effusion: fluid where the lung was, at the back and the bottom
+        for side in [s for s in (-1, 1) if rng.random() < 0.7]:
+            pool = Ellipsoid(_v(side * ax * 0.5, ay * 0.8, lm.domes[0] - 10), _v(ax * 0.45, ay * rng.uniform(0.3, 0.7),
+                                                                                 rng.uniform(40, 110)))
+            parts.append(Part(pool, rng.uniform(0, 20), label=0, within="lung"))
     for _ in range(int(rng.integers(nodules[0], nodules[1] + 1))):
         side = int(rng.choice([-1, 1]))
         centre = _v(side * ax * rng.uniform(0.25, 0.6), ay * rng.uniform(-0.5, 0.5),
                     rng.uniform(lm.domes[0] + 20, lm.apex - 30))
-        parts.append(Part(Ellipsoid(centre, rng.uniform(3, 12) * rng.uniform(0.85, 1.15, size=3)),
+        parts.append(Part(Ellipsoid(centre, rng.uniform(3, 25) * rng.uniform(0.85, 1.15, size=3)),
                           rng.uniform(0, 70), label=None, within="lung"))
     return parts
 

@@ -27,7 +27,8 @@ class Augmentation:
     intensity_shift: float = 0.05
     noise: tuple[float, float] = (0.3, 0.03)  # probability, largest standard deviation
     blur: tuple[float, float] = (0.2, 1.0)  # probability, largest sigma in voxels
-    focus: float = 0.6  # share of patches centred on a labelled voxel
+    focus: float = 0.5  # share of patches centred on a labelled voxel
+    lookalike: float = 0.25  # share centred on an unlabelled voxel as dark as air inside the body
 
 
 def _rotation(rng: np.random.Generator, degrees: tuple[float, float, float]) -> np.ndarray:
@@ -42,10 +43,11 @@ def _rotation(rng: np.random.Generator, degrees: tuple[float, float, float]) -> 
     return matrix
 
 
-def _centre(case: PreparedCase, rng: np.random.Generator, focus: float) -> np.ndarray:
-    if case.foreground and rng.random() < focus:
-        points = case.labelled
-        return np.array(np.unravel_index(points[rng.integers(len(points))], case.labels.shape), dtype=np.float64)
+def _centre(case: PreparedCase, rng: np.random.Generator, a: Augmentation) -> np.ndarray:
+    draw = rng.random()
+    for points, chance in ((case.labelled, a.focus), (case.lookalikes, a.focus + a.lookalike)):
+        if draw < chance and len(points):
+            return np.array(np.unravel_index(points[rng.integers(len(points))], case.labels.shape), dtype=np.float64)
     return np.array([rng.uniform(0, s - 1) for s in case.labels.shape])
 
 
@@ -55,7 +57,7 @@ def sample_patch(case: PreparedCase, size: int, rng: np.random.Generator,
     a = augmentation
     stretch = rng.uniform(1 - a.stretch, 1 + a.stretch, size=3)
     transform = _rotation(rng, a.rotate_deg) * rng.uniform(*a.scale) * stretch[None, :]
-    centre = _centre(case, rng, a.focus)
+    centre = _centre(case, rng, a)
     half = (size - 1) / 2
     corners = np.array([[i, j, k] for i in (-half, half) for j in (-half, half) for k in (-half, half)])
     reach = corners @ transform.T + centre  # the patch is an affine image of a cube: its box is its corners'

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from scipy import ndimage
 
 from training.nifti import CasePair, read_case
 from training.phantom import PhantomCase, make_case
 from worker.models.grid import image_from_array, labels_to_model_space, to_model_space
 from worker.models.spec import ModelSpec
 
-PHANTOM_VERSION = 2  # bump when the phantom generator changes, so cached phantoms are made again
+DARK = 0.3  # windowed intensity below which a voxel looks like air (-580 HU in the demo model's window)
+PHANTOM_VERSION = 4  # bump when the phantom generator changes, so cached phantoms are made again
 
 
 def progress() -> Progress:
@@ -46,6 +48,17 @@ class PreparedCase:
     def labelled(self) -> np.ndarray:
         """Flat indices of the labelled voxels, where focused patches are centred."""
         return np.flatnonzero(self.labels)
+
+    @cached_property
+    def lookalikes(self) -> np.ndarray:
+        """Flat indices of unlabelled voxels as dark as air inside the body (trachea, bowel gas, sinuses,
+        the table's foam): where a model learns what is not lung. The body is what tissue encloses, slice by
+        slice, so the air around the patient is left out."""
+        dark = self.image < DARK
+        inside = np.zeros_like(dark)
+        for k in range(dark.shape[0]):
+            inside[k] = ndimage.binary_fill_holes(~dark[k])
+        return np.flatnonzero(dark & inside & (self.labels == 0))
 
 
 def phantom_images(case: PhantomCase) -> tuple[sitk.Image, sitk.Image]:
