@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from training.phantom import Grid, StudyIdentity, write_series
+from training.dicom import StudyIdentity, write_series
+from training.phantom import Grid
 
 
 def ct_series(folder: Path, slices: int = 300) -> list[Path]:

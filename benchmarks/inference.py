@@ -101,7 +101,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def int8_dice(paths: dict[str, Path], threads: int) -> list[tuple[str, float, float, float]]:
-    """(set, Dice float vs truth, Dice int8 vs truth, Dice int8 vs float) for lungs (and lesions on phantoms)."""
+    """(set, Dice float vs truth, Dice int8 vs truth, Dice int8 vs float) for the lungs."""
     from training.cases import case_images
     from worker.models import registry
     from worker.models.postprocess import clean
@@ -110,12 +110,12 @@ def int8_dice(paths: dict[str, Path], threads: int) -> list[tuple[str, float, fl
     runtimes = {k: registry.load(registry.ModelEntry(k, "onnx", paths[k], "cpu"), threads)
                 for k in ("onnx", "onnx-int8")}
     spec = runtimes["onnx"].spec
-    rows: dict[str, list[tuple[float, float, float]]] = {"phantom lung": [], "phantom lesion": [], "real lung": []}
+    rows: dict[str, list[tuple[float, float, float]]] = {"phantom lung": [], "real lung": []}
     for seed in range(9000, 9005):  # fresh phantoms, as `ainode evaluate` uses
         case, image, _ = case_images(seed, 256)
         voxel_ml = float(np.prod(case.grid.spacing)) / 1000.0
         masks = {k: clean(segment(r, image), spec.labels, voxel_ml) for k, r in runtimes.items()}
-        for value, name in ((1, "phantom lung"), (2, "phantom lesion")):
+        for value, name in ((1, "phantom lung"),):
             truth = case.labels == value
             f, q = masks["onnx"] == value, masks["onnx-int8"] == value
             rows[name].append((dice(f, truth), dice(q, truth), dice(q, f)))
@@ -123,7 +123,7 @@ def int8_dice(paths: dict[str, Path], threads: int) -> list[tuple[str, float, fl
         image = sitk.ReadImage(str(path))
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(REAL / "labelsTr" / path.name))) == 1
         voxel_ml = float(np.prod(image.GetSpacing())) / 1000.0
-        masks = {k: clean(segment(r, image), spec.labels, voxel_ml) > 0 for k, r in runtimes.items()}  # lung+lesion
+        masks = {k: clean(segment(r, image), spec.labels, voxel_ml) > 0 for k, r in runtimes.items()}
         rows["real lung"].append((dice(masks["onnx"], truth), dice(masks["onnx-int8"], truth),
                                   dice(masks["onnx-int8"], masks["onnx"])))
     return [(name, *np.mean(np.array(v), axis=0)) for name, v in rows.items() if v]  # type: ignore[misc]
@@ -167,7 +167,8 @@ def main() -> None:
     paths = models(work)
     print(f"CT {sitk.ReadImage(str(ct)).GetSize()} and exports ready in {time.perf_counter() - started:.0f} s "
           f"({work})")
-    variants = [("PyTorch eager (ainode)", "ainode", "-", "cpu", ""), ("TorchScript", "torchscript", "torchscript", "cpu", ""),
+    variants = [("PyTorch eager (ainode)", "ainode", "-", "cpu", ""),
+                ("TorchScript", "torchscript", "torchscript", "cpu", ""),
                 ("ONNX Runtime", "onnx", "onnx", "cpu", ""), ("ONNX Runtime int8", "onnx", "onnx-int8", "cpu", "")]
     variants += [(name, kind, {"ainode": "-", "torchscript": "torchscript", "onnx": "onnx"}[kind], device, providers)
                  for name, kind, device, providers in gpu_rows()]
@@ -182,11 +183,12 @@ def main() -> None:
         print(f"  {name}: segment {measured['segment_s']:.1f} s, load {measured['load_s']:.1f} s, peak {peak:.0f} MB")
     eager = results[0][3]
     print(f"\nsegment stage, {args.slices}x512x512 phantom CT, demo model, {args.threads} threads, one run each")
-    print("| variant | device | segment s | ratio to eager | load s | peak RSS MB | voxels as eager | Dice lung / lesion vs eager |")
+    print("| variant | device | segment s | ratio to eager | load s | peak RSS MB | voxels as eager "
+          "| Dice lung vs eager |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, measured, peak, labels in results:
         same = float((labels == eager).mean()) * 100
-        dices = " / ".join(f"{dice(labels == v, eager == v):.4f}" for v in (1, 2))
+        dices = " / ".join(f"{dice(labels == v, eager == v):.4f}" for v in (1,))
         print(f"| {name} | {measured['device']} | {measured['segment_s']:.1f} | "
               f"{measured['segment_s'] / results[0][1]['segment_s']:.2f} | {measured['load_s']:.1f} | {peak:.0f} | "
               f"{same:.4f} % | {dices} |")

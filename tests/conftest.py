@@ -18,7 +18,8 @@ import pytest
 
 from ainode.kit import free_port, wait_for
 from db.engine import Database
-from training.phantom import PhantomCase, StudyIdentity, make_case, slice_uid, write_series
+from training.dicom import StudyIdentity, slice_uid, write_series
+from training.phantom import PhantomCase, make_case
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}

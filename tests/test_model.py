@@ -19,7 +19,7 @@ def write_model(tmp_path: Path, text: str) -> Path:
 
 def test_the_demo_model_file_is_valid_and_its_weights_are_small() -> None:
     spec = load_spec()
-    assert [label.name for label in spec.labels] == ["Lung", "Lesion"]
+    assert [label.name for label in spec.labels] == ["Lung"]
     assert spec.weights_path.stat().st_size < 20 * 1024 * 1024
     assert len(spec.weights_digest()) == 64
 
@@ -27,7 +27,7 @@ def test_the_demo_model_file_is_valid_and_its_weights_are_small() -> None:
 @pytest.mark.parametrize(
     ("replace", "expected"),
     [
-        (('value = 2\n', 'value = 3\n'), "label values [1, 3] must be 1..2"),
+        (('value = 1\n', 'value = 3\n'), "label values [3] must be 1..1"),
         (('spacing = [2.5, 2.5, 2.5]', 'spacing = [2.5, 0, 2.5]'), "spacing (2.5, 0.0, 2.5) must be positive"),
         (('color = [128, 174, 128]', 'color = [300, 0, 0]'), "colour (300, 0, 0) must be three values in 0..255"),
         (('strides = [2, 2, 2]', 'strides = [2, 2]'), "must have one entry fewer than channels"),
@@ -47,7 +47,7 @@ def test_missing_or_mismatched_weights_are_configuration_errors(tmp_path: Path) 
     with pytest.raises(ConfigurationError, match="do not exist"):
         UNetRuntime(load_spec(write_model(tmp_path, text)), device="cpu")
     (tmp_path / "weights.pt").write_bytes(DEMO_MODEL.with_name("weights.pt").read_bytes())
-    wider = text.replace("channels = [16, 32, 64, 128]", "channels = [8, 16, 32, 64]")
+    wider = text.replace("channels = [16, 32, 64, 128, 256]", "channels = [8, 16, 32, 64, 128]")
     with pytest.raises(ConfigurationError, match="do not fit the architecture"):
         UNetRuntime(load_spec(write_model(tmp_path, wider)), device="cpu")
 
@@ -62,10 +62,26 @@ def test_asking_for_cuda_without_it_is_a_configuration_error() -> None:
 
 
 @pytest.mark.slow
-def test_the_demo_model_reaches_its_dice_targets_on_fresh_phantoms() -> None:
+def test_the_demo_model_finds_lungs_on_fresh_phantoms_and_none_where_there_are_none() -> None:
     from training.evaluate import evaluate
 
-    scores = evaluate(load_spec(), cases=3, seed=99, device="cpu")
-    print({name: [round(v, 3) for v in values] for name, values in scores.items()})
-    assert min(scores["Lung"]) >= 0.90
-    assert min(scores["Lesion"]) >= 0.80
+    scores = evaluate(load_spec(), phantoms=4, seed=99, regions=["chest", "abdomen", "head", "pelvis"], device="cpu")
+    print([(s.name, s.dice["Lung"], round(s.found_ml["Lung"], 1)) for s in scores])
+    chest, *without = scores
+    assert chest.dice["Lung"] is not None and chest.dice["Lung"] >= 0.90
+    assert all(s.truth_ml["Lung"] == 0 and s.found_ml["Lung"] < 5.0 for s in without)
+
+
+@pytest.mark.slow
+def test_the_demo_model_segments_the_lungs_of_a_real_chest_ct() -> None:
+    """A real chest CT (COPDGene, 4.2 mm) the bundled model trained on: a check that the committed weights
+    are the trained ones; the cross-validated figures (cases it never saw) are in the README."""
+    from conftest import SHARED_DATA
+    from training.evaluate import evaluate
+    from training.nifti import check_cases
+
+    folder = SHARED_DATA / "real-chest-ct"
+    spec = load_spec()
+    pairs = [p for p in check_cases(folder / "imagesTr", folder / "labelsTr", spec) if p.name == "cip-10002K"]
+    (score,) = evaluate(spec, pairs, device="cpu")
+    assert score.dice["Lung"] is not None and score.dice["Lung"] >= 0.95, score

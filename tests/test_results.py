@@ -1,4 +1,7 @@
-"""SEG and SR built from a phantom's truth: read back with highdicom, frames on the source slices."""
+"""SEG and SR built from a phantom's truth: read back with highdicom, frames on the source slices.
+
+The bundled model has one label; these tests build objects of two (a model file of their own: the lung,
+and a "lesion", a ball drawn inside it), so that segment numbering, colours and groups are tested too."""
 
 from __future__ import annotations
 
@@ -35,11 +38,43 @@ def save_atomic(dataset: hd.SOPClass, path: Path) -> None:
     write_atomic(path, lambda fh: dataset.save_as(fh, enforce_file_format=True))
 
 
+LESION = """
+[[labels]]
+value = 2
+name = "Lesion"
+category = { scheme = "SCT", value = "49755003", meaning = "Morphologically Altered Structure" }
+type = { scheme = "SCT", value = "52988006", meaning = "Lesion" }
+anatomic_region = { scheme = "SCT", value = "39607008", meaning = "Lung" }
+color = [241, 214, 145]
+fill_holes = true
+"""
+
+
+def two_label_spec(folder: Path) -> ModelSpec:
+    """The demo model's file with a second label, Lesion (value 2)."""
+    from worker.models.spec import DEMO_MODEL
+
+    path = folder / "model.toml"
+    path.write_text(DEMO_MODEL.read_text() + LESION)
+    return load_spec(path)
+
+
+def with_lesion(truth: np.ndarray, radius: int = 6) -> np.ndarray:
+    """The lung truth with a ball of label 2 (voxels) around the lung's deepest point."""
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(truth == 1)
+    centre = np.unravel_index(int(np.argmax(depth)), truth.shape)
+    grid = np.ogrid[tuple(slice(0, n) for n in truth.shape)]
+    ball = sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2
+    return np.where(ball & (truth == 1), 2, truth).astype(np.uint8)
+
+
 @pytest.fixture(scope="module")
 def built(small_series: PhantomSeries, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    spec = load_spec()
+    spec = two_label_spec(tmp_path_factory.mktemp("model"))
     volume = assemble(small_series.paths, spec.min_slices)
-    labels = small_series.case.labels
+    labels = with_lesion(small_series.case.labels)
     identity = result_identity(spec, "digest", [str(ds.SOPInstanceUID) for ds in volume.datasets])
     settings = OutputSettings(seg_series_number=77, seg_series_description="my seg")
     seg = build_segmentation(volume, labels, spec, identity, settings)
@@ -122,7 +157,7 @@ def test_a_seg_on_a_multi_frame_source_references_its_frames(tmp_path: Path) -> 
     legacy = [dcmread(p) for p in reversed(series.paths)]
     enhanced = hd.legacy.LegacyConvertedEnhancedCTImage(legacy, stable_uid("lce series"), 5, stable_uid("lce"), 1)
     enhanced.save_as(tmp_path / "enhanced.dcm")
-    spec = load_spec()
+    spec = two_label_spec(tmp_path)
     volume = assemble([tmp_path / "enhanced.dcm"], spec.min_slices)
     assert volume.multiframe and [f.number for f in volume.frames][:2] != [1, 2]
     labels = series.case.labels
@@ -156,7 +191,7 @@ def test_mr_seg_and_sr_pass_the_dicom3tools_validator(tmp_path: Path) -> None:
     folder = SHARED_DATA / "dcmqi" / "data" / "paramaps" / "pm-example-dcm" / "701-ADCb500"
     volume = assemble(sorted(folder.iterdir()))
     assert volume.modality == "MR"
-    spec = load_spec()
+    spec = two_label_spec(tmp_path)
     slices = volume.image.GetSize()[2]
     _, y, x = np.ogrid[:slices, :256, :256]
     labels = np.broadcast_to((((y - 128) ** 2 + (x - 120) ** 2) < 30**2).astype(np.uint8), (slices, 256, 256)).copy()
@@ -218,12 +253,12 @@ def test_highdicom_reads_both_objects_back_without_warnings(built) -> None:  # t
 
 @pytest.mark.parametrize("kept, name", [(2, "Lesion"), (1, "Lung")])
 def test_segments_are_numbered_from_one_and_undescribed_values_left_out(small_series: PhantomSeries, kept: int,
-                                                                        name: str) -> None:
+                                                                        name: str, tmp_path: Path) -> None:
     """One label found (the lesion, value 2, or the lung, value 1) beside a value no label describes:
     one segment, number 1, holding exactly that label's voxels."""
-    spec = load_spec()
+    spec = two_label_spec(tmp_path)
     volume = assemble(small_series.paths, spec.min_slices)
-    truth = small_series.case.labels
+    truth = with_lesion(small_series.case.labels)
     labels = np.where(truth == kept, kept, np.where(truth > 0, 9, 0)).astype(np.uint8)
     identity = result_identity(spec, "digest", [str(ds.SOPInstanceUID) for ds in volume.datasets])
     seg = build_segmentation(volume, labels, spec, identity, OutputSettings())

@@ -154,9 +154,10 @@ def worker(config: ConfigOption = None, verbose: bool = False,
                 runtime = registry.load(entry, settings.worker.threads)
             except ConfigurationError as exc:
                 fail(str(exc))
+            w = settings.worker
             pipelines[entry.name] = Pipeline(runtime, PipelineConfig(
-                settings.storage.root.resolve(), settings.output_settings(entry.name),
-                settings.worker.interpolate_missing_slices))
+                settings.storage.root.resolve(), settings.output_settings(entry.name), w.interpolate_missing_slices,
+                w.max_slice_gap_ratio, w.merge_frames_of_reference))
         stop = threading.Event()
         stop_on_signals(stop)
         if supervisor is not None:

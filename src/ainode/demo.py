@@ -19,16 +19,17 @@ from PIL import Image
 from rich.console import Console
 
 from ainode.kit import PACS_AE, SENDER_AE, StandInPacs, echo, free_port, seg_labels, send_files, wait_for
+from training.dicom import StudyIdentity, slice_uid, write_series
 from training.metrics import dice
-from training.phantom import LABEL_LESION, LABEL_LUNG, StudyIdentity, make_case, slice_uid, write_series
+from training.phantom import LABEL_LUNG, make_case
 
-LABELS = {"Lung": LABEL_LUNG, "Lesion": LABEL_LESION}
+LABELS = {"Lung": LABEL_LUNG}
 
 
 def overlay_png(hu: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int, int, int]], path: Path) -> int:
-    """Image beside image + SEG overlay, on the slice with the most lesion; returns that slice index."""
-    lesion_area = (labels == LABEL_LESION).sum(axis=(1, 2))
-    k = int(np.argmax(lesion_area)) if lesion_area.any() else labels.shape[0] // 2
+    """Image beside image + SEG overlay, on the slice with the most segmented area; returns that slice index."""
+    area = (labels > 0).sum(axis=(1, 2))
+    k = int(np.argmax(area)) if area.any() else labels.shape[0] // 2
     gray = (np.clip((hu[k] + 1000.0) / 1400.0, 0, 1) * 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
     blended = rgb.copy()
@@ -111,7 +112,7 @@ def run_demo(out: Path, seed: int = 7, timeout: float = 110.0, console: Console 
             stale.unlink()
         paths = write_series(case.hu, case.grid, identity, series_dir, case.patient_position)
         console.print(f"[bold]2.[/] generated phantom chest CT: {len(paths)} slices of "
-                      f"{case.grid.size[0]}x{case.grid.size[1]}, {len(case.phantom.lesions)} lesion(s)")
+                      f"{case.grid.size[0]}x{case.grid.size[1]} ({case.region})")
         wait_for(lambda: node.poll() is not None or echo(config.node_port), 60, "ainode did not answer C-ECHO")
         if node.poll() is not None:
             console.print(f"[red]ainode serve exited with {node.returncode}; see {out / 'node.log'}")

@@ -129,6 +129,8 @@ class WorkerSection(_Section):
     threads: int | None = Field(None, ge=1)
     poll_seconds: float = Field(0.5, gt=0)
     interpolate_missing_slices: int = Field(0, ge=0, le=3)
+    max_slice_gap_ratio: float = Field(2.5, ge=1.0, le=10.0)
+    merge_frames_of_reference: bool = False
 
 
 # the keys of [models.NAME] that only some kinds take

@@ -1,14 +1,27 @@
-"""Training and evaluation cases: generated phantoms as images with their truth, and on the model's grid."""
+"""Training and evaluation cases on the model's grid: real NIfTI cases and generated phantoms, preprocessed
+exactly as inference preprocesses (``worker.models.grid``), and cached on disk so that every fold of a
+cross-validation, and a resumed run, reuses them instead of computing them again."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from scipy import ndimage
 
+from training.nifti import CasePair, read_case
 from training.phantom import PhantomCase, make_case
 from worker.models.grid import image_from_array, labels_to_model_space, to_model_space
 from worker.models.spec import UNetSpec
+
+DARK = 0.3  # windowed intensity below which a voxel looks like air (-580 HU in the demo model's window)
+PHANTOM_VERSION = 4  # bump when the phantom generator changes, so cached phantoms are made again
 
 
 def progress() -> Progress:
@@ -18,22 +31,123 @@ def progress() -> Progress:
     )
 
 
-def case_images(seed: int, matrix: int) -> tuple[PhantomCase, sitk.Image, sitk.Image]:
-    case = make_case(seed, matrix=matrix)
+@dataclass(frozen=True)
+class PreparedCase:
+    """One case on the model grid: intensities in [0, 1] (float16 to halve the memory) and labels."""
+
+    name: str
+    kind: str  # "real" or the phantom's region
+    image: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def foreground(self) -> bool:
+        return bool(self.labelled.size)
+
+    @cached_property
+    def labelled(self) -> np.ndarray:
+        """Flat indices of the labelled voxels, where focused patches are centred."""
+        return np.flatnonzero(self.labels)
+
+    @cached_property
+    def lookalikes(self) -> np.ndarray:
+        """Flat indices of unlabelled voxels as dark as air inside the body (trachea, bowel gas, sinuses,
+        the table's foam): where a model learns what is not lung. The body is what tissue encloses, slice by
+        slice, so the air around the patient is left out."""
+        dark = self.image < DARK
+        inside = np.zeros_like(dark)
+        for k in range(dark.shape[0]):
+            inside[k] = ndimage.binary_fill_holes(~dark[k])
+        return np.flatnonzero(dark & inside & (self.labels == 0))
+
+
+def phantom_images(case: PhantomCase) -> tuple[sitk.Image, sitk.Image]:
+    """A phantom's image and truth as SimpleITK images on its scan grid."""
     grid = case.grid
-    image = image_from_array(case.hu, grid.spacing, grid.origin, grid.direction)
-    labels = image_from_array(case.labels, grid.spacing, grid.origin, grid.direction)
-    return case, image, labels
+    return (image_from_array(case.hu, grid.spacing, grid.origin, grid.direction),
+            image_from_array(case.labels, grid.spacing, grid.origin, grid.direction))
 
 
-def build_training_set(spec: UNetSpec, seeds: list[int], matrix: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    cases = []
+def case_images(seed: int, matrix: int = 256, region: str = "chest") -> tuple[PhantomCase, sitk.Image, sitk.Image]:
+    """A phantom of ``region`` with its image and truth: what tests and benchmarks segment."""
+    case = make_case(seed, region=region, matrix=matrix)
+    return (case, *phantom_images(case))
+
+
+def _prepared(name: str, kind: str, image: sitk.Image, labels: sitk.Image, spec: UNetSpec) -> PreparedCase:
+    x, grid = to_model_space(image, spec.preprocess)
+    return PreparedCase(name, kind, x.astype(np.float16), labels_to_model_space(labels, grid))
+
+
+def _key(spec: UNetSpec, *parts: object) -> str:
+    text = json.dumps([spec.preprocess.model_dump(), *[str(p) for p in parts]])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _cached(cache: Path | None, name: str, key: str) -> tuple[Path | None, PreparedCase | None]:
+    if cache is None:
+        return None, None
+    path = cache / f"{name}-{key}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            return path, PreparedCase(name, str(stored["kind"]), stored["image"], stored["labels"])
+    return path, None
+
+
+def _store(path: Path | None, case: PreparedCase) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial.npz")
+        np.savez(partial, kind=case.kind, image=case.image, labels=case.labels)
+        partial.replace(path)
+
+
+def prepare_real(pairs: list[CasePair], spec: UNetSpec, cache: Path | None = None) -> list[PreparedCase]:
+    """Checked NIfTI cases on the model grid."""
+    out = []
+    with progress() as bar:
+        task = bar.add_task("real cases", total=len(pairs), info="")
+        for pair in pairs:
+            stat = pair.image.stat(), pair.label.stat()
+            path, case = _cached(cache, pair.name, _key(spec, pair.image.resolve(), stat[0].st_size, stat[0].st_mtime,
+                                                        pair.label.resolve(), stat[1].st_size, stat[1].st_mtime))
+            if case is None:
+                case = _prepared(pair.name, "real", *read_case(pair, spec), spec)
+                _store(path, case)
+            out.append(case)
+            bar.update(task, advance=1, info=f"{pair.name} {case.image.shape}")
+    return out
+
+
+def prepare_phantoms(seeds: list[int], regions: list[str], spec: UNetSpec, cache: Path | None = None,
+                     matrix: int = 160) -> list[PreparedCase]:
+    """Phantom ``seeds[n]`` of region ``regions[n]``, on the model grid."""
+    out = []
     with progress() as bar:
         task = bar.add_task("phantoms", total=len(seeds), info="")
-        for seed in seeds:
-            _, image, labels = case_images(seed, matrix)
-            x, grid = to_model_space(image, spec.preprocess)
-            y = labels_to_model_space(labels, grid)
-            cases.append((x, y))
-            bar.update(task, advance=1, info=f"{x.shape}")
-    return cases
+        for seed, region in zip(seeds, regions):
+            name = f"phantom-{region}-{seed}"
+            path, case = _cached(cache, name, _key(spec, PHANTOM_VERSION, seed, region, matrix))
+            if case is None:
+                phantom = make_case(seed, region=region, matrix=matrix)
+                case = _prepared(name, region, *phantom_images(phantom), spec)
+                _store(path, case)
+            out.append(case)
+            bar.update(task, advance=1, info=f"{name} {case.image.shape}")
+    return out
+
+
+def phantom_plan(count: int, seed: int, regions: dict[str, float]) -> tuple[list[int], list[str]]:
+    """Seeds and regions of ``count`` phantoms, the regions in the given proportions (round robin, so
+    that the first few phantoms already cover every region)."""
+    names = [name for name, share in regions.items() if share > 0]
+    weights = np.array([regions[n] for n in names], dtype=np.float64)
+    counts = np.floor(weights / weights.sum() * count).astype(int)
+    for i in np.argsort(-(weights / weights.sum() * count - counts))[: count - int(counts.sum())]:
+        counts[i] += 1
+    order: list[str] = []
+    while len(order) < count:
+        for n, name in enumerate(names):
+            if order.count(name) < counts[n]:
+                order.append(name)
+    return [seed * 100_000 + n for n in range(count)], order

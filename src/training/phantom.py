@@ -1,27 +1,26 @@
-"""Synthetic chest CT phantoms with exact truth.
+"""Synthetic CT scans with exact truth: a random body (``training.anatomy``) scanned on a random grid.
 
-The demo model is trained, evaluated and demonstrated on these, so nothing has to be downloaded: a
-phantom is a body (fat rim, soft tissue, spine) with two lungs and a few lesions inside them, placed at
-a random position and rotation in patient space, and scanned on a random grid (spacing, slice
-thickness, orientation, head- or feet-first). Intensities are in Hounsfield units with blur and noise.
+The demo model is trained, evaluated and demonstrated on these beside real cases, so nothing has to be
+downloaded. A scan covers one field of view (``REGIONS``: chest, abdomen with or without the lung bases,
+pelvis, head, chest–abdomen–pelvis), at a random position and rotation of the body, on a random grid
+(matrix, pixel size, slice thickness, head- or feet-first, oblique or tilted), with the blur and the
+noise of a random dose. Intensities are Hounsfield units; the only label is the lung.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian
 from scipy import ndimage
 
-from worker.results.identity import stable_uid
+from training.anatomy import LABEL_LUNG, Anatomy, random_anatomy
 
-LABEL_LUNG = 1
-LABEL_LESION = 2
+REGIONS = ("chest", "upper-abdomen", "abdomen", "pelvis", "head", "chest-abdomen-pelvis")
+WITHOUT_LUNGS = ("abdomen", "pelvis", "head")
+ORIENTATIONS = ("HFS", "FFS", "oblique")  # "tilt" (gantry tilt) only when asked for
+
+__all__ = ["LABEL_LUNG", "REGIONS", "WITHOUT_LUNGS", "Grid", "PhantomCase", "make_case", "label_centre"]
 
 
 @dataclass(frozen=True)
@@ -30,80 +29,64 @@ class Grid:
 
     ``size`` and ``spacing`` are in ITK order (column index i, row index j, slice index k); the columns of
     ``direction`` are the directions of i, j and k, so the first two are DICOM's ImageOrientationPatient.
+    ``offsets``, when given, are each slice's distance from the first along k (an unevenly spaced series);
+    otherwise slice k lies at k times the spacing.
     """
 
     size: tuple[int, int, int]
     spacing: tuple[float, float, float]
     origin: np.ndarray
     direction: np.ndarray
+    offsets: tuple[float, ...] | None = None
+
+    def slice_offset(self, k: int) -> float:
+        return self.offsets[k] if self.offsets is not None else k * self.spacing[2]
+
+    def slice_shares(self) -> np.ndarray:
+        """The share of the stack (mm along it) each slice stands for: half the gaps on either side."""
+        if self.offsets is None:
+            return np.full(self.size[2], self.spacing[2])
+        gaps = np.diff(self.offsets)
+        return np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
 
     def slice_positions(self) -> np.ndarray:
         """ImagePositionPatient of every slice, shape (k, 3)."""
-        k = np.arange(self.size[2])[:, None]
-        return self.origin[None, :] + k * self.spacing[2] * self.direction[:, 2][None, :]
+        offsets = np.array([self.slice_offset(k) for k in range(self.size[2])])[:, None]
+        return self.origin[None, :] + offsets * self.direction[:, 2][None, :]
 
     def slice_points(self, k: int) -> np.ndarray:
         """Patient coordinates of every voxel centre of slice k, shape (rows, cols, 3)."""
         i = np.arange(self.size[0], dtype=np.float64) * self.spacing[0]
         j = np.arange(self.size[1], dtype=np.float64) * self.spacing[1]
-        base = self.origin + k * self.spacing[2] * self.direction[:, 2]
+        base = self.origin + self.slice_offset(k) * self.direction[:, 2]
         return (
             base[None, None, :]
             + j[:, None, None] * self.direction[:, 1][None, None, :]
             + i[None, :, None] * self.direction[:, 0][None, None, :]
         )
 
+    def index_to_patient(self, index: np.ndarray) -> np.ndarray:
+        """Patient coordinates of (z, y, x) array indices (N, 3), fractional k included."""
+        index = np.asarray(index, dtype=np.float64)
+        k = index[:, 0]
+        if self.offsets is not None:
+            offset = np.interp(k, np.arange(self.size[2]), np.array(self.offsets))
+        else:
+            offset = k * self.spacing[2]
+        return (self.origin[None, :] + offset[:, None] * self.direction[:, 2][None, :]
+                + (index[:, 1] * self.spacing[1])[:, None] * self.direction[:, 1][None, :]
+                + (index[:, 2] * self.spacing[0])[:, None] * self.direction[:, 0][None, :])
+
 
 @dataclass(frozen=True)
-class Ellipsoid:
-    centre: np.ndarray  # body frame, mm
-    axes: np.ndarray  # semi-axes, mm
-
-    def contains(self, q: np.ndarray) -> np.ndarray:
-        return (((q - self.centre) / self.axes) ** 2).sum(axis=-1) <= 1.0
-
-
-@dataclass(frozen=True)
-class Phantom:
-    """Anatomy in a body frame; ``rotation`` maps body axes into patient space around ``centre``."""
+class Pose:
+    """Where the body lies in patient space: ``rotation`` maps body axes into patient axes about ``centre``."""
 
     centre: np.ndarray
     rotation: np.ndarray
-    body_axes: tuple[float, float]
-    fat_mm: float
-    lungs: tuple[Ellipsoid, Ellipsoid]
-    spine_centre: tuple[float, float]
-    spine_radius: float
-    lesions: tuple[Ellipsoid, ...]
-    hu: dict[str, float] = field(default_factory=dict)
-    noise_hu: float = 10.0
 
-    def body_frame(self, points: np.ndarray) -> np.ndarray:
+    def to_body(self, points: np.ndarray) -> np.ndarray:
         return (points - self.centre) @ self.rotation
-
-    def render_slice(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Noise-free HU and labels at the given patient-space points."""
-        q = self.body_frame(points)
-        ax, ay = self.body_axes
-        hu = np.full(q.shape[:-1], self.hu["air"], dtype=np.float32)
-        labels = np.zeros(q.shape[:-1], dtype=np.uint8)
-        body = (q[..., 0] / ax) ** 2 + (q[..., 1] / ay) ** 2 <= 1.0
-        hu[body] = self.hu["fat"]
-        inner = (q[..., 0] / (ax - self.fat_mm)) ** 2 + (q[..., 1] / (ay - self.fat_mm)) ** 2 <= 1.0
-        hu[inner] = self.hu["soft"]
-        spine = (q[..., 0] - self.spine_centre[0]) ** 2 + (q[..., 1] - self.spine_centre[1]) ** 2 <= (
-            self.spine_radius**2
-        )
-        hu[spine & inner] = self.hu["bone"]
-        for lung in self.lungs:
-            inside = lung.contains(q) & inner
-            hu[inside] = self.hu["lung"]
-            labels[inside] = LABEL_LUNG
-        for lesion in self.lesions:
-            inside = lesion.contains(q)
-            hu[inside] = self.hu["lesion"]
-            labels[inside] = LABEL_LESION
-        return hu, labels
 
 
 def _rotation(rng: np.random.Generator, max_yaw_deg: float, max_tilt_deg: float) -> np.ndarray:
@@ -117,80 +100,40 @@ def _rotation(rng: np.random.Generator, max_yaw_deg: float, max_tilt_deg: float)
     return rz @ rx @ ry
 
 
-def random_phantom(
-    rng: np.random.Generator,
-    lesions: tuple[int, int] = (1, 4),
-    lesion_radius_mm: tuple[float, float] = (6.0, 18.0),
-) -> Phantom:
-    """A random chest: sizes, position, rotation, intensities, noise and 'lesions' lesions in the lungs."""
-    ax, ay = rng.uniform(135, 185), rng.uniform(95, 130)
-    fat = rng.uniform(6, 18)
-    lung_z = rng.uniform(90, 130)
-    lungs = []
-    for side in (-1, 1):
-        centre = np.array([side * ax * rng.uniform(0.4, 0.5), -ay * rng.uniform(0.0, 0.1), rng.uniform(-5, 5)])
-        axes = np.array([ax * rng.uniform(0.27, 0.33), ay * rng.uniform(0.5, 0.62), lung_z * rng.uniform(0.9, 1.1)])
-        lungs.append(Ellipsoid(centre, axes))
-    found: list[Ellipsoid] = []
-    for _ in range(int(rng.integers(lesions[0], lesions[1] + 1))):
-        for _attempt in range(50):
-            lung = lungs[int(rng.integers(0, 2))]
-            radius = rng.uniform(*lesion_radius_mm)
-            axes = radius * rng.uniform(0.85, 1.15, size=3)
-            room = lung.axes - axes.max() - 3.0
-            if np.any(room <= 0):
-                continue
-            offset = rng.uniform(-1, 1, size=3) * room
-            if ((offset / room) ** 2).sum() > 1.0:
-                continue
-            candidate = Ellipsoid(lung.centre + offset, axes)
-            apart = all(
-                np.linalg.norm(candidate.centre - other.centre) > axes.max() + other.axes.max() + 4
-                for other in found
-            )
-            if apart:
-                found.append(candidate)
-                break
-    hu = {
-        "air": -1000.0,
-        "fat": rng.uniform(-120, -80),
-        "soft": rng.uniform(25, 55),
-        "bone": rng.uniform(300, 700),
-        "lung": rng.uniform(-900, -780),
-        "lesion": rng.uniform(0, 70),
-    }
-    return Phantom(
-        centre=np.array([rng.uniform(-30, 30), rng.uniform(-20, 40), rng.uniform(-200, 50)]),
-        rotation=_rotation(rng, 12.0, 4.0),
-        body_axes=(ax, ay),
-        fat_mm=fat,
-        lungs=(lungs[0], lungs[1]),
-        spine_centre=(rng.uniform(-5, 5), ay * rng.uniform(0.6, 0.72)),
-        spine_radius=rng.uniform(14, 20),
-        lesions=tuple(found),
-        hu=hu,
-        noise_hu=rng.uniform(5, 25),
-    )
+def field_of_view(rng: np.random.Generator, anatomy: Anatomy, region: str) -> tuple[float, float, float]:
+    """Lowest and highest body-frame z of a region's scan, and the in-plane field of view (mm)."""
+    lm, o = anatomy.landmarks, anatomy.outline
+    width = 2 * max(float(o.ax.max()) * 1.05, float(o.ay.max()) * 1.3) + rng.uniform(10, 80)
+    if rng.random() < 0.15:
+        width = 2 * float(o.ax.max()) * rng.uniform(0.85, 1.0)  # the body runs past the field of view
+    if region == "chest":
+        return lm.lung_bottom - rng.uniform(10, 70), lm.apex + rng.uniform(10, 40), width
+    if region == "upper-abdomen":
+        high = lm.domes[0] + rng.uniform(-25, 30)
+        return high - rng.uniform(160, 300), high, width
+    if region == "abdomen":
+        high = lm.lung_bottom - rng.uniform(25, 60)
+        return max(high - rng.uniform(180, 300), lm.pubis), high, width
+    if region == "pelvis":
+        return lm.pubis - rng.uniform(30, 70), lm.iliac_crest + rng.uniform(0, 50), width
+    if region == "head":
+        return lm.skull_base - rng.uniform(20, 75), lm.vertex + rng.uniform(5, 20), rng.uniform(200, 260)
+    if region == "chest-abdomen-pelvis":
+        return lm.pubis - rng.uniform(30, 70), lm.apex + rng.uniform(10, 40), width
+    raise ValueError(f"region {region!r} is not one of {REGIONS}")
 
 
-ORIENTATIONS = ("HFS", "FFS", "oblique")  # "tilt" (gantry tilt) only when asked for
-
-
-def random_grid(
-    rng: np.random.Generator,
-    phantom: Phantom,
-    matrix: int = 256,
-    slice_thickness: float | None = None,
-    orientation: str | None = None,
-    min_slices: int = 0,
-) -> tuple[Grid, str]:
-    """A scan grid covering the lungs, and the PatientPosition that goes with it."""
+def random_grid(rng: np.random.Generator, anatomy: Anatomy, pose: Pose, region: str = "chest", matrix: int = 256,
+                slice_thickness: float | None = None, orientation: str | None = None,
+                min_slices: int = 0, gaps: tuple[float, ...] | None = None) -> tuple[Grid, str]:
+    """A scan grid covering the region, and the PatientPosition that goes with it. ``gaps`` makes an
+    unevenly spaced stack of those gaps (mm along the stack), centred on the region."""
     orientation = orientation or str(rng.choice(ORIENTATIONS, p=[0.6, 0.25, 0.15]))
     if orientation not in (*ORIENTATIONS, "tilt"):
         raise ValueError(f"orientation {orientation!r} is not one of {ORIENTATIONS + ('tilt',)}")
-    thickness = slice_thickness or float(rng.choice([1.25, 2.0, 2.5, 3.0, 5.0]))
-    fov = 2 * max(phantom.body_axes) + rng.uniform(20, 80)
-    pixel = round(fov / matrix, 3)
+    thickness = slice_thickness or float(rng.choice([1.0, 1.25, 2.0, 2.5, 3.0, 5.0]))
+    low, high, width = field_of_view(rng, anatomy, region)
+    pixel = round(width / matrix, 3)
     row_dir, col_dir = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
     position = "HFS"
     if orientation == "FFS":
@@ -205,124 +148,37 @@ def random_grid(
         angle = np.deg2rad(rng.uniform(12, 25) * rng.choice([-1, 1]))
         col_dir = np.array([0, np.cos(angle), -np.sin(angle)])
         stack = np.array([0.0, 0.0, 1.0])
-    normal = stack
-    lung_extent = max(abs(lung.centre[2]) + lung.axes[2] for lung in phantom.lungs)
-    length = 2 * lung_extent + rng.uniform(0, 70)
-    slices = max(min_slices, int(np.ceil(length / thickness)))
-    direction = np.stack([row_dir, col_dir, normal / np.linalg.norm(normal)], axis=1)
-    centre = phantom.centre + rng.uniform(-10, 10, size=3)
-    extent = np.array([matrix * pixel, matrix * pixel, slices * thickness])
-    spacing = (pixel, pixel, thickness)
-    half = direction @ (extent / 2 - np.array(spacing) / 2)
-    return Grid((matrix, matrix, slices), spacing, centre - half, direction), position
+    slices = max(min_slices, int(np.ceil((high - low) / thickness)))
+    offsets = None
+    if gaps:
+        offsets = tuple(float(v) for v in np.concatenate([[0.0], np.cumsum(gaps)]))
+        slices, thickness = len(offsets), float(np.median(gaps))
+    direction = np.stack([row_dir, col_dir, stack / np.linalg.norm(stack)], axis=1)
+    middle = pose.centre + pose.rotation @ np.array([0.0, rng.uniform(0, 25), (low + high) / 2])
+    centre = middle + rng.uniform(-10, 10, size=3) * np.array([1, 1, 0.3])
+    length = offsets[-1] if offsets else (slices - 1) * thickness
+    half = direction @ np.array([(matrix - 1) * pixel / 2, (matrix - 1) * pixel / 2, length / 2])
+    return Grid((matrix, matrix, slices), (pixel, pixel, thickness), centre - half, direction, offsets), position
 
 
-def render(phantom: Phantom, grid: Grid, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def render(anatomy: Anatomy, pose: Pose, grid: Grid, rng: np.random.Generator,
+           noise_hu: float) -> tuple[np.ndarray, np.ndarray]:
     """HU image (with blur and noise) and truth labels on a grid, both shaped (slices, rows, cols)."""
     shape = (grid.size[2], grid.size[1], grid.size[0])
     hu = np.empty(shape, dtype=np.float32)
     labels = np.empty(shape, dtype=np.uint8)
     for k in range(grid.size[2]):
-        hu[k], labels[k] = phantom.render_slice(grid.slice_points(k))
-    psf_mm = 1.0
-    sigma = [min(psf_mm / grid.spacing[2], 1.0), psf_mm / grid.spacing[1], psf_mm / grid.spacing[0]]
+        points = pose.to_body(grid.slice_points(k).reshape(-1, 3))
+        values, truth = anatomy.render(points)
+        hu[k], labels[k] = values.reshape(shape[1:]), truth.reshape(shape[1:])
+    psf_mm = rng.uniform(0.6, 1.4)
+    thickness = grid.spacing[2] if grid.offsets is None else float(np.median(np.diff(grid.offsets)))
+    sigma = [min(psf_mm / thickness, 1.0), psf_mm / grid.spacing[1], psf_mm / grid.spacing[0]]
     hu = ndimage.gaussian_filter(hu, sigma=sigma, mode="nearest")
     noise = rng.normal(0.0, 1.0, size=shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=[0, 0.6, 0.6])
-    noise *= phantom.noise_hu / max(float(noise.std()), 1e-6)
+    noise = ndimage.gaussian_filter(noise, sigma=[0, rng.uniform(0.4, 0.9), rng.uniform(0.4, 0.9)])
+    noise *= noise_hu / max(float(noise.std()), 1e-6)
     return hu + noise, labels
-
-
-@dataclass(frozen=True)
-class StudyIdentity:
-    """Patient and study attributes written into a phantom series."""
-
-    patient_id: str
-    patient_name: str
-    study_instance_uid: str
-    series_instance_uid: str
-    frame_of_reference_uid: str
-    accession_number: str = "PHANTOM1"
-    study_id: str = "1"
-    series_number: int = 1
-
-    @classmethod
-    def from_seed(cls, seed: int) -> "StudyIdentity":
-        src = f"ainode-phantom-{seed}"
-        return cls(
-            patient_id=f"PHANTOM-{seed:04d}",
-            patient_name=f"Phantom^Seed{seed}",
-            study_instance_uid=stable_uid(src, "study"),
-            series_instance_uid=stable_uid(src, "series"),
-            frame_of_reference_uid=stable_uid(src, "frame of reference"),
-        )
-
-
-def slice_uid(identity: StudyIdentity, k: int) -> str:
-    """SOP Instance UID of slice ``k`` of a phantom series (callers need not read the files back)."""
-    return stable_uid(identity.series_instance_uid, str(k))
-
-
-def write_series(
-    hu: np.ndarray, grid: Grid, identity: StudyIdentity, out_dir: Path, patient_position: str = "HFS"
-) -> list[Path]:
-    """Write the volume as a CT Image Storage series, one file per slice, and return the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime(2026, 1, 1, 12, 0, 0)
-    stored = np.clip(np.rint(hu + 1024.0), 0, 4095).astype(np.uint16)
-    positions = grid.slice_positions()
-    iop = [float(v) for v in np.concatenate([grid.direction[:, 0], grid.direction[:, 1]])]
-    paths = []
-    for k in range(grid.size[2]):
-        sop_uid = slice_uid(identity, k)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = now.strftime("%Y%m%d")
-        ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = now.strftime("%H%M%S")
-        ds.AccessionNumber = identity.accession_number
-        ds.Modality = "CT"
-        ds.Manufacturer = "ainode phantom"
-        ds.ManufacturerModelName = "chest phantom"
-        ds.ReferringPhysicianName = ""
-        ds.StudyDescription = "Phantom chest CT"
-        ds.SeriesDescription = "Phantom chest CT"
-        ds.PatientName = identity.patient_name
-        ds.PatientID = identity.patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.BodyPartExamined = "CHEST"
-        ds.SliceThickness = f"{grid.spacing[2]:g}"
-        ds.KVP = "120"
-        ds.PatientPosition = patient_position
-        ds.StudyInstanceUID = identity.study_instance_uid
-        ds.SeriesInstanceUID = identity.series_instance_uid
-        ds.StudyID = identity.study_id
-        ds.SeriesNumber = identity.series_number
-        ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [round(float(v), 4) for v in positions[k]]
-        ds.ImageOrientationPatient = [round(v, 6) for v in iop]
-        ds.FrameOfReferenceUID = identity.frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = grid.size[1], grid.size[0]
-        ds.PixelSpacing = [f"{grid.spacing[1]:g}", f"{grid.spacing[0]:g}"]
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "-1024", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "-500", "1500"
-        ds.PixelData = stored[k].tobytes()
-        path = out_dir / f"CT{k + 1:04d}.dcm"
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
-        paths.append(path)
-    return paths
 
 
 @dataclass(frozen=True)
@@ -333,18 +189,27 @@ class PhantomCase:
     labels: np.ndarray
     grid: Grid
     patient_position: str
-    phantom: Phantom
+    anatomy: Anatomy
+    pose: Pose
+    region: str
 
 
-def make_case(seed: int, lesions: tuple[int, int] = (1, 4), **grid_options: object) -> PhantomCase:
-    """The phantom scan for a seed: the same seed always gives the same case."""
+def make_case(seed: int, lesions: tuple[int, int] = (0, 3), region: str = "chest",
+              **grid_options: object) -> PhantomCase:
+    """The phantom scan for a seed and region: the same arguments always give the same case. ``lesions``
+    is the range of the number of lung nodules (part of the lung label)."""
     rng = np.random.default_rng(seed)
-    phantom = random_phantom(rng, lesions=lesions)
-    grid, position = random_grid(rng, phantom, **grid_options)  # type: ignore[arg-type]
-    hu, labels = render(phantom, grid, rng)
-    return PhantomCase(hu, labels, grid, position, phantom)
+    anatomy = random_anatomy(rng, nodules=lesions)
+    pose = Pose(np.array([rng.uniform(-30, 30), rng.uniform(-20, 40), rng.uniform(-200, 50)]),
+                _rotation(rng, 8.0, 3.0))
+    grid, position = random_grid(rng, anatomy, pose, region, **grid_options)  # type: ignore[arg-type]
+    noise = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
+    hu, labels = render(anatomy, pose, grid, rng, noise)
+    return PhantomCase(hu, labels, grid, position, anatomy, pose, region)
 
 
-def lesion_centres(phantom: Phantom) -> list[np.ndarray]:
-    """Patient coordinates (LPS, mm) of each lesion's centre."""
-    return [phantom.centre + phantom.rotation @ lesion.centre for lesion in phantom.lesions]
+def label_centre(grid: Grid, labels: np.ndarray, value: int = LABEL_LUNG) -> np.ndarray:
+    """Patient coordinates (LPS, mm) of the centre of a label's voxels on ``grid``, each voxel weighted by
+    the share of the stack its slice stands for (they differ when the slices are unevenly spaced)."""
+    where = np.argwhere(labels == value)
+    return np.average(grid.index_to_patient(where), axis=0, weights=grid.slice_shares()[where[:, 0]])

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from pydicom.dataset import Dataset
 
 from db.errors import RejectedInput
 from db.queue import REJECTION_NOTE, ClaimedJob, ResultFile
 from db.storage import result_path, write_atomic
+from worker.assembly.geometry import MAX_GAP_RATIO
 from worker.assembly.series import assemble
 from worker.assembly.volume import Volume
 from worker.models.postprocess import clean
-from worker.models.runtime import Runtime, segment
+from worker.models.runtime import Runtime, run, segment, to_source
 from worker.results.content import source_headers
 from worker.results.findings import Findings, find
 from worker.results.identity import OutputSettings, ResultIdentity, result_identity
@@ -32,11 +35,17 @@ class PipelineConfig:
     storage_root: Path
     output: OutputSettings = field(default_factory=OutputSettings)
     max_missing_slices: int = 0
+    max_slice_gap_ratio: float = MAX_GAP_RATIO
+    merge_frames_of_reference: bool = False
 
 
 def _describe(volume: Volume) -> list[str]:
     size = volume.image.GetSize()
     notes = [f"{size[0]}x{size[1]}x{size[2]} at " + "x".join(f"{s:.3g}" for s in volume.image.GetSpacing()) + " mm"]
+    if volume.acquired is not None:
+        gaps = np.diff(volume.acquired.offsets)
+        notes[0] = (f"{len(volume.frames)} unevenly spaced slices ({gaps.min():.2f} to {gaps.max():.2f} mm apart "
+                    f"along the stack), resampled for the model onto {notes[0]}")
     if volume.interpolated:
         notes.append(f"interpolated {volume.interpolated} missing slice(s)")
     if volume.ignored:
@@ -59,7 +68,8 @@ class Pipeline:
         return ResultFile(kind, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID),
                           str(dataset.SeriesInstanceUID), str(relative))
 
-    def _check(self, job: ClaimedJob, volume: Volume) -> None:
+    def _check(self, job: ClaimedJob, volume: Volume, note: list[str]) -> str | None:
+        """Refuse what cannot be segmented; the one FrameOfReferenceUID to use when several are merged."""
         missing = [ds.SOPInstanceUID for ds in volume.datasets if not ds.get("FrameOfReferenceUID")]
         if missing:
             raise RejectedInput(f"instance {missing[0]} has no FrameOfReferenceUID"
@@ -68,6 +78,32 @@ class Pipeline:
         if volume.modality != self.spec.modality:
             raise RejectedInput(f"series {job.series_instance_uid} is {volume.modality or 'of no modality'}; "
                                 f"model {self.spec.name} takes {self.spec.modality}")
+        return self._frame_of_reference(volume, note)
+
+    def _frame_of_reference(self, volume: Volume, note: list[str]) -> str | None:
+        """A series must lie in one frame of reference for its SEG to mean anything. Several are refused,
+        unless the configuration allows them and assembly has proven the geometry one volume (one
+        orientation, positions on one line, spacing checked): then the commonest is used, and said."""
+        counts = Counter(str(ds.FrameOfReferenceUID) for ds in volume.datasets)
+        if len(counts) == 1:
+            return None
+        instances = len(volume.datasets)
+        if not self.config.merge_frames_of_reference:
+            raise RejectedInput(f"the {instances} instances name {len(counts)} different FrameOfReferenceUIDs: "
+                                "not one frame of reference, so no segmentation can be placed on them "
+                                "(worker.merge_frames_of_reference = true processes such a series as one volume "
+                                "when its geometry is one)")
+        chosen = counts.most_common(1)[0][0]
+        note.append(f"{len(counts)} FrameOfReferenceUIDs in {instances} instances: the geometry is one volume, "
+                    f"processed in one frame of reference, {chosen} (worker.merge_frames_of_reference)")
+        return chosen
+
+    def segment(self, volume: Volume) -> np.ndarray:
+        """The model's labels on the volume's source grid: the image, or an uneven stack's acquired slices."""
+        if volume.acquired is None:
+            return segment(self.runtime, volume.image)
+        output = run(self.runtime, volume.image)
+        return np.concatenate([to_source(output, s) for s in volume.acquired.references(volume.image)])
 
     def process(self, job: ClaimedJob, report: StageReporter) -> list[ResultFile]:
         @contextmanager
@@ -80,18 +116,18 @@ class Pipeline:
         spec, output = self.spec, self.config.output
         with stage("assemble") as note:
             volume = assemble([self.config.storage_root / p for p in job.instance_paths], spec.min_slices,
-                              self.config.max_missing_slices)
-            self._check(job, volume)
+                              self.config.max_missing_slices, self.config.max_slice_gap_ratio)
             note.extend(_describe(volume))
+            frame_of_reference = self._check(job, volume, note)
         with stage("segment") as note:
-            labels = segment(self.runtime, volume.image)
+            labels = self.segment(volume)
             note.append(f"{spec.name} {spec.version} on {self.runtime.device}")
         with stage("postprocess") as note:
             findings = find(volume, clean(labels, spec.labels, volume.voxel_ml), spec)
             note.append(findings.summary)
         identity = result_identity(spec, self.weights_digest, volume.sop_instance_uids)
         with stage("encode") as note:
-            sources = source_headers(volume)
+            sources = source_headers(volume, frame_of_reference)
             results = self._encode(job, volume, sources, findings, identity, note)
             if job.superseded:
                 study = sources[0]

@@ -25,6 +25,10 @@ from worker.assembly.volume import Frame
 ORIENTATION_TOLERANCE = 1e-4
 SPACING_TOLERANCE = 0.01  # fraction of the slice spacing a gap may differ from it
 IN_PLANE_TOLERANCE_MM = 0.05
+MAX_GAP_RATIO = 2.5  # default largest gap of an unevenly spaced stack, in median spacings
+# An unevenly spaced stack is resampled for the model onto a regular grid no coarser than its smallest gap,
+# nor finer than half its median spacing (a few overlapping slices must not make the grid huge).
+FINEST_REGULAR_SPACING = 0.5
 _ORIENTATION = Tag("ImageOrientationPatient")
 
 
@@ -128,27 +132,86 @@ def _matrix(ds: Dataset) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Stack:
     """How the sorted frames make a grid: their order, the grid's direction and spacing, and the slot
-    (slice index) of each frame; slots without a frame are interpolated missing slices."""
+    (slice index) of each frame; slots without a frame are interpolated missing slices.
+
+    An unevenly spaced stack (all slices present, gaps that differ) has ``offsets``: each frame's distance
+    from the first along the stack direction. Its frames keep slots 0..n-1 (the acquired slices, where the
+    SEG is drawn); ``spacing`` is then that of the regular grid the values are resampled onto for the model,
+    whose first and last slices are the first and last frames."""
 
     order: list[int]
     direction: np.ndarray
     spacing: float
     slots: list[int]
+    offsets: tuple[float, ...] | None = None
+    normal_gaps: tuple[float, ...] = ()  # uneven stack: gaps between consecutive frames along the normal
+
+    @property
+    def regular_slices(self) -> int:
+        return self.slots[-1] + 1 if self.offsets is None else int(round(self.offsets[-1] / self.spacing)) + 1
 
     def place(self, image: sitk.Image, first: Frame) -> None:
-        """Give the image of the sorted frames its place in patient space (first frame = origin)."""
+        """Give the (regular) image of the sorted frames its place in patient space (first frame = origin)."""
         image.SetSpacing((float(first.pixel_spacing[1]), float(first.pixel_spacing[0]), self.spacing))
         image.SetOrigin(tuple(float(v) for v in first.position))
         image.SetDirection(tuple(float(v) for v in self.direction.reshape(-1)))
 
+    def slice_shares(self) -> np.ndarray:
+        """Each frame's share of the stack along the normal (mm): half the gaps on either side, the end
+        frames a whole gap, so that a voxel's volume is its pixel area times its slice's share."""
+        gaps = np.array(self.normal_gaps)
+        if len(gaps) == 0:
+            return np.full(len(self.order), self.spacing)
+        return np.concatenate([[gaps[0]], (gaps[:-1] + gaps[1:]) / 2, [gaps[-1]]])
 
-def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> Stack:
+
+def _missing_slices(gaps: np.ndarray, step: float) -> np.ndarray:
+    """Gaps that look like lost slices of an evenly spaced stack: a whole multiple (two or more) of the
+    spacing with evenly spaced neighbours. A stack whose uneven gaps are all of this kind is an even stack
+    with slices missing; any other unevenness is an unevenly spaced stack (sequential CT, variable pitch)."""
+    even = np.abs(gaps - step) <= SPACING_TOLERANCE * step
+    multiples = np.rint(gaps / step)
+    whole = (multiples >= 2) & (np.abs(gaps - multiples * step) <= SPACING_TOLERANCE * step)
+    neighbours = np.ones_like(even)
+    neighbours[1:] &= even[:-1]
+    neighbours[:-1] &= even[1:]
+    return whole & neighbours
+
+
+def _uneven_stack(frames: list[Frame], order: list[int], d: np.ndarray, gaps: np.ndarray, step: float,
+                  max_gap_ratio: float, row: np.ndarray, col: np.ndarray) -> Stack:
+    """All slices present, unevenly spaced: accepted when no gap passes ``max_gap_ratio`` median spacings."""
+    k = int(np.argmax(gaps))
+    if gaps[k] > max_gap_ratio * step:
+        raise RejectedInput(f"uneven slice spacing: a gap of {gaps[k]:.2f} mm between {d[k]:.2f} and {d[k + 1]:.2f} mm "
+                            f"along the normal (instance {frames[order[k + 1]].name}) is more than {max_gap_ratio:g} "
+                            f"times the median spacing of {step:.2f} mm (worker.max_slice_gap_ratio): slices are "
+                            "missing or the series is not one volume")
+    ordered = np.array([frames[i].position for i in order])
+    along = (ordered[-1] - ordered[0]) / (d[-1] - d[0])  # per mm along the normal: the stack direction
+    expected = ordered[0] + np.outer(d - d[0], along)
+    off_line = np.linalg.norm(ordered - expected, axis=1)
+    if off_line.max() > IN_PLANE_TOLERANCE_MM + 0.01 * step:
+        k = int(np.argmax(off_line))
+        raise RejectedInput(f"instance {frames[order[k]].name} is {off_line[k]:.2f} mm off the line through the "
+                            "other slice positions: the slices are shifted in plane unevenly, not one volume")
+    unit = along / np.linalg.norm(along)
+    offsets = (d - d[0]) * float(np.linalg.norm(along))
+    target = max(float(gaps.min()), step / 2, FINEST_REGULAR_SPACING) * float(np.linalg.norm(along))
+    spacing = float(offsets[-1] / max(1, int(np.ceil(offsets[-1] / target - 1e-6))))
+    return Stack(order, np.stack([row, col, unit], axis=1), spacing, list(range(len(order))),
+                 tuple(float(v) for v in offsets), tuple(float(g) for g in gaps))
+
+
+def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0,
+                max_gap_ratio: float = MAX_GAP_RATIO) -> Stack:
     """Order of the frames along the normal, the direction matrix and the slice spacing.
 
-    ``max_missing`` > 0 accepts gaps of up to that many missing slices, to be interpolated.
+    ``max_missing`` > 0 accepts gaps of up to that many missing slices, to be interpolated. A stack with
+    all its slices but uneven gaps (none above ``max_gap_ratio`` median spacings) is accepted as uneven.
     The third column of the direction follows the stack, which is not the normal when the gantry was tilted.
     Raises ``RejectedInput`` for mixed matrices or orientations, several volumes in one object, repeated
-    positions, unevenly shifted slices, uneven gaps (missing slices) and too few slices.
+    positions, unevenly shifted slices, missing slices, too large gaps and too few slices.
     """
     first = frames[0]
     iop = first.orientation
@@ -185,6 +248,8 @@ def sort_frames(frames: list[Frame], min_slices: int, max_missing: int = 0) -> S
     step = float(np.median(gaps))
     multiples = np.rint(gaps / step)
     uneven = np.abs(gaps - step) > SPACING_TOLERANCE * step
+    if np.any(uneven & ~_missing_slices(gaps, step)):
+        return _uneven_stack(frames, order, d, gaps, step, max_gap_ratio, row, col)
     fillable = (np.abs(gaps - multiples * step) <= SPACING_TOLERANCE * step) & (multiples - 1 <= max_missing)
     if np.any(uneven & ~fillable):
         k = int(np.argmax(uneven & ~fillable))

@@ -90,7 +90,30 @@ def _fill(out: np.ndarray, instance: list[tuple[Frame, int]]) -> None:
 
 def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
     """Decode each instance once (pydicom: native, RLE, JPEG, JPEG-LS, JPEG 2000) and rescale every frame
-    with its own slope and intercept, into one array in slice order (int16 or float32)."""
+    with its own slope and intercept, into one image in slice order (int16 or float32)."""
+    return sitk.GetImageFromArray(stack_values(frames, slots))
+
+
+def resample_stack(values: np.ndarray, offsets: tuple[float, ...], spacing: float) -> np.ndarray:
+    """Slices at regular ``spacing`` along the stack from slices at ``offsets`` (mm from the first): each a
+    linear mix of the two acquired slices around it, so the first and last are the acquired ones."""
+    where = np.array(offsets)
+    count = int(round(where[-1] / spacing)) + 1
+    out = np.empty((count, *values.shape[1:]), dtype=values.dtype)
+    for n in range(count):
+        t = min(n * spacing, where[-1])
+        k = min(int(np.searchsorted(where, t, side="right")) - 1, len(where) - 2)
+        weight = (t - where[k]) / (where[k + 1] - where[k])
+        if weight <= 1e-6 or weight >= 1 - 1e-6:
+            out[n] = values[k if weight < 0.5 else k + 1]
+            continue
+        mixed = (1 - weight) * values[k].astype(np.float32) + weight * values[k + 1].astype(np.float32)
+        out[n] = np.rint(mixed) if out.dtype == np.int16 else mixed
+    return out
+
+
+def stack_values(frames: list[Frame], slots: list[int]) -> np.ndarray:
+    """The rescaled values of every frame in its slot (slices, rows, columns); missing slots interpolated."""
     first = frames[0].dataset
     rows, columns = header.unsigned(first, "Rows", 0), header.unsigned(first, "Columns", 0)
     out: np.ndarray = np.empty((slots[-1] + 1, rows, columns), dtype=_output_type(frames))
@@ -104,4 +127,4 @@ def read_pixels(frames: list[Frame], slots: list[int]) -> sitk.Image:
             weight = (slot - before) / (after - before)
             mixed = (1 - weight) * out[before].astype(np.float32) + weight * out[after].astype(np.float32)
             out[slot] = np.rint(mixed) if out.dtype == np.int16 else mixed
-    return sitk.GetImageFromArray(out)
+    return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import SimpleITK as sitk
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -16,9 +17,9 @@ from pydicom.uid import UID
 from db.errors import RejectedInput, reading_input
 from db.sop_classes import VOLUME_IMAGE_STORAGE
 from worker.assembly import header
-from worker.assembly.geometry import frames_of, main_stack, sort_frames
-from worker.assembly.pixels import read_pixels
-from worker.assembly.volume import Frame, Volume
+from worker.assembly.geometry import MAX_GAP_RATIO, frames_of, main_stack, sort_frames
+from worker.assembly.pixels import resample_stack, stack_values
+from worker.assembly.volume import AcquiredSlices, Frame, Volume
 
 
 def _why_not_a_slice(ds: Dataset) -> str | None:
@@ -63,11 +64,14 @@ def select_frames(paths: list[Path]) -> tuple[list[Frame], list[str]]:
     return frames, ignored + off_axis
 
 
-def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Volume:
+def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0,
+             max_gap_ratio: float = MAX_GAP_RATIO) -> Volume:
     """Read the stored files of one series into a volume with checked geometry.
 
     ``max_missing`` > 0 fills gaps of up to that many missing slices by linear interpolation (the SEG
-    then covers only the acquired slices); by default a missing slice refuses the series.
+    then covers only the acquired slices); by default a missing slice refuses the series. A stack whose
+    slices are all there but unevenly spaced (no gap above ``max_gap_ratio`` median spacings) is resampled
+    onto a regular grid for the model and keeps its acquired slices for the SEG.
     """
     if not paths:
         raise RejectedInput("the series has no stored instances")
@@ -76,10 +80,15 @@ def assemble(paths: list[Path], min_slices: int = 1, max_missing: int = 0) -> Vo
     if multiframe and (len(multiframe) != len(frames) or len({f.path for f in multiframe}) > 1):
         raise RejectedInput("the series mixes single-frame instances and multi-frame objects, or holds several "
                             "multi-frame objects; assemble one object at a time")
-    stack = sort_frames(frames, min_slices, max_missing)
+    stack = sort_frames(frames, min_slices, max_missing, max_gap_ratio)
     ordered = [frames[i] for i in stack.order]
-    image = read_pixels(ordered, stack.slots)
+    values = stack_values(ordered, stack.slots)
+    acquired = None
+    if stack.offsets is not None:
+        acquired = AcquiredSlices(values, stack.offsets, tuple(float(v) for v in stack.slice_shares()))
+        values = resample_stack(values, stack.offsets, stack.spacing)
+    image = sitk.GetImageFromArray(values)
     stack.place(image, ordered[0])
-    return Volume(image, tuple(ordered), tuple(ignored), tuple(stack.slots))
+    return Volume(image, tuple(ordered), tuple(ignored), tuple(stack.slots), acquired)
 
 

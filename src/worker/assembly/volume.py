@@ -35,21 +35,66 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class AcquiredSlices:
+    """An unevenly spaced stack as it was acquired: the values of its slices, each slice's distance from the
+    first along the stack (the volume image's third axis) and the share of the stack it stands for along the
+    normal. The model reads the volume's regular image; its answer comes back onto these slices."""
+
+    values: np.ndarray  # (slices, rows, columns), in slice order
+    offsets: tuple[float, ...]
+    shares: tuple[float, ...]
+
+    def references(self, image: sitk.Image) -> list[sitk.Image]:
+        """One-slice images (geometry only) lying on the acquired slices, in slice order."""
+        direction = np.reshape(image.GetDirection(), (3, 3))
+        origin = np.array(image.GetOrigin())
+        out = []
+        for offset, share in zip(self.offsets, self.shares):
+            reference = sitk.Image([image.GetSize()[0], image.GetSize()[1], 1], sitk.sitkUInt8)
+            reference.SetSpacing((*image.GetSpacing()[:2], float(share)))
+            reference.SetDirection(image.GetDirection())
+            reference.SetOrigin(tuple(float(v) for v in origin + offset * direction[:, 2]))
+            out.append(reference)
+        return out
+
+
+@dataclass(frozen=True)
 class Volume:
-    """A 3D image (HU or the modality's real values) and, for each of its slices, the source frame."""
+    """A 3D image (HU or the modality's real values) and, for each of its slices, the source frame.
+
+    The image is always a regular grid. For an unevenly spaced stack (``acquired`` set) it is the acquired
+    slices resampled for the model, and the masks, measurements and SEG frames live on the acquired slices
+    (``values``, ``slice_ml``); otherwise they live on the image itself."""
 
     image: sitk.Image
     frames: tuple[Frame, ...]
     ignored: tuple[str, ...] = ()
     slots: tuple[int, ...] = ()  # slice of the image holding each frame; the others were interpolated
+    acquired: AcquiredSlices | None = None
 
     @property
     def interpolated(self) -> int:
-        return self.image.GetSize()[2] - len(self.frames)
+        return 0 if self.acquired is not None else self.image.GetSize()[2] - len(self.frames)
+
+    @property
+    def values(self) -> np.ndarray:
+        """The values masks are drawn on: the acquired slices of an uneven stack, else the image."""
+        return self.acquired.values if self.acquired is not None else sitk.GetArrayViewFromImage(self.image)
+
+    @property
+    def slice_ml(self) -> np.ndarray:
+        """Volume of one voxel of each slice of ``values``, in mL (a sheared, tilted grid's voxels are smaller
+        than the product of its spacings: what counts is the distance between slices along the normal)."""
+        direction = np.reshape(self.image.GetDirection(), (3, 3))
+        spacing = np.array(self.image.GetSpacing())
+        if self.acquired is not None:
+            return spacing[0] * spacing[1] * np.array(self.acquired.shares) / 1000.0
+        voxel = abs(float(np.linalg.det(direction * spacing[None, :]))) / 1000.0
+        return np.full(self.image.GetSize()[2], voxel)
 
     @property
     def voxel_ml(self) -> float:
-        return float(np.prod(self.image.GetSpacing())) / 1000.0
+        return float(self.slice_ml.mean())
 
     @property
     def modality(self) -> str:

@@ -114,6 +114,11 @@ def to_source(output: ModelOutput, source: sitk.Image) -> np.ndarray:
 
 def segment(runtime: Runtime, image: sitk.Image) -> np.ndarray:
     """Run the model on ``image`` and return its labels on that image's own grid, its output checked."""
+    return to_source(run(runtime, image), image)
+
+
+def run(runtime: Runtime, image: sitk.Image) -> ModelOutput:
+    """Run the model on ``image``: its output checked, running out of memory named as such."""
     spec = runtime.spec
     try:
         output = runtime.infer(image)
@@ -126,4 +131,4 @@ def segment(runtime: Runtime, image: sitk.Image) -> np.ndarray:
                                f"{text.splitlines()[0][:200]}") from exc
         raise
     check(output, spec)
-    return to_source(output, image)
+    return output

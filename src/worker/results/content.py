@@ -64,11 +64,12 @@ def tracking_uid(identity: ResultIdentity, label: LabelSpec) -> str:
     return stable_uid(identity.seg_sop_instance_uid, "segment", label.name)
 
 
-def source_headers(volume: Volume) -> list[Dataset]:
+def source_headers(volume: Volume, frame_of_reference: str | None = None) -> list[Dataset]:
     """Copies of the source headers as highdicom needs them, the volume's own left untouched: without
     Pixel Data, with the Type 2 patient and study attributes present (real scanners omit some), and one
     ImageOrientationPatient value for single-frame series whose orientations differ only in the last
-    digits (geometry already checked them within 1e-4)."""
+    digits (geometry already checked them within 1e-4). ``frame_of_reference``, when given, replaces the
+    instances' FrameOfReferenceUIDs (several, merged because the geometry is one volume)."""
     out = []
     for ds in volume.datasets:
         copy = Dataset(dict(ds.items()))  # a new element map: what is replaced here stays in the copy
@@ -78,6 +79,8 @@ def source_headers(volume: Volume) -> list[Dataset]:
         for keyword in TYPE2_SOURCE_ATTRIBUTES:
             if keyword not in copy:
                 setattr(copy, keyword, "")
+        if frame_of_reference is not None:
+            copy.FrameOfReferenceUID = frame_of_reference
         out.append(copy)
     if not volume.multiframe:
         share_orientation(out)

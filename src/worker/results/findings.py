@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import SimpleITK as sitk
 
 from worker.assembly.volume import Volume
 from worker.models.spec import LabelSpec, ModelSpec
@@ -26,7 +25,7 @@ class LabelFinding:
 
 @dataclass(frozen=True)
 class Findings:
-    labels: np.ndarray  # the cleaned mask (z, y, x) on the source grid
+    labels: np.ndarray  # the cleaned mask (z, y, x) on the source grid (an uneven stack's acquired slices)
     present: tuple[LabelFinding, ...]
 
     @property
@@ -35,8 +34,11 @@ class Findings:
 
 
 def find(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> Findings:
-    """Measure every label of ``spec`` in ``labels``: one comparison and one pass over the image each."""
-    values = sitk.GetArrayViewFromImage(volume.image)
+    """Measure every label of ``spec`` in ``labels``: one comparison and one pass over the image each.
+    Each voxel counts with its own slice's volume (they differ in an unevenly spaced stack)."""
+    values = volume.values
+    slice_ml = volume.slice_ml
+    even = bool(np.all(slice_ml == slice_ml[0]))
     present: list[LabelFinding] = []
     for label in spec.labels:
         mask = labels == label.value
@@ -44,6 +46,7 @@ def find(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> Findings:
         if not voxels:
             continue
         inside = values[mask]
-        present.append(LabelFinding(label, len(present) + 1, voxels, voxels * volume.voxel_ml,
-                                    float(inside.mean()), float(inside.std())))
+        volume_ml = voxels * float(slice_ml[0]) if even else float(mask.sum(axis=(1, 2)) @ slice_ml)
+        present.append(LabelFinding(label, len(present) + 1, voxels, volume_ml, float(inside.mean()),
+                                    float(inside.std())))
     return Findings(labels, tuple(present))
