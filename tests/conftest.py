@@ -20,6 +20,8 @@ from ainode.kit import free_port, wait_for
 from db.engine import Database
 from training.dicom import StudyIdentity, slice_uid, write_series
 from training.phantom import PhantomCase, make_case
+from worker.models.spec import load_spec
+from worker.models.unet import UNetRuntime
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -122,6 +124,12 @@ class PostgreSQL:
         if self.process is not None:
             self.log.close()
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def runtime() -> UNetRuntime:
+    """The bundled demo model on the CPU, loaded once per module."""
+    return UNetRuntime(load_spec(), device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def one_frame_of_reference_per_slice(paths: list[Path], every: int = 1) -> None:
 
 def run(db: Database, root: Path, runtime: UNetRuntime, merge: bool) -> Job:
     pipeline = Pipeline(runtime, PipelineConfig(root, merge_frames_of_reference=merge))
-    assert Worker(db, POLICY, pipeline, RunnerConfig(("pacs",)), name="test-worker").run_one()
+    assert Worker(db, POLICY, {"demo": pipeline}, RunnerConfig(("pacs",)), name="test-worker").run_one()
     with db.read() as session:
         return session.scalars(select(Job).order_by(Job.id.desc())).first()
 

@@ -28,9 +28,9 @@ def test_the_demo_model_file_is_valid_and_its_weights_are_small() -> None:
     ("replace", "expected"),
     [
         (('value = 1\n', 'value = 3\n'), "label values [3] must be 1..1"),
-        (('spacing = [2.5, 2.5, 2.5]', 'spacing = [2.5, 0, 2.5]'), "spacing (2.5, 0.0, 2.5) must be positive"),
+        (('spacing = [3.0, 3.0, 3.0]', 'spacing = [3.0, 0, 3.0]'), "spacing (3.0, 0.0, 3.0) must be positive"),
         (('color = [128, 174, 128]', 'color = [300, 0, 0]'), "colour (300, 0, 0) must be three values in 0..255"),
-        (('strides = [2, 2, 2]', 'strides = [2, 2]'), "must have one entry fewer than channels"),
+        (('strides = [2, 2, 2, 2]', 'strides = [2, 2]'), "must have one entry fewer than channels"),
         (('modality = "CT"', 'modality = "XA"'), "modality"),
     ],
 )

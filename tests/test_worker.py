@@ -28,11 +28,6 @@ def ROUTE(series: SettledSeries) -> Routing:  # noqa: N802 - a constant of the t
     return Routing.to("demo")
 
 
-@pytest.fixture(scope="module")
-def runtime() -> UNetRuntime:
-    return UNetRuntime(load_spec(), device="cpu")
-
-
 def store(db: Database, root: Path, paths: list[Path]) -> None:
     """Put files where the receiver would and record them as it would."""
     past = utcnow() - dt.timedelta(seconds=10)

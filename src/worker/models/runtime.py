@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from db.errors import ConfigurationError, TransientFailure
+from worker.models.onto_source import labels_from_probabilities
 from worker.models.spec import ModelSpec
 
 # what runtimes say when memory runs out: PyTorch (CPU and CUDA), ONNX Runtime, C++ allocators
@@ -88,25 +89,20 @@ def check(output: ModelOutput, spec: ModelSpec) -> None:
 def to_source(output: ModelOutput, source: sitk.Image) -> np.ndarray:
     """Labels (z, y, x, uint8) on the exact grid of ``source``.
 
-    Probabilities are interpolated, not labels, which keeps boundaries smooth at sub-voxel precision;
-    labels are taken by nearest neighbour.
+    Probabilities are interpolated, not labels, which keeps boundaries smooth at sub-voxel precision
+    (``onto_source``: a slab at a time, memory bounded); labels are taken by nearest neighbour.
     """
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(source)
-    resampler.SetUseNearestNeighborExtrapolator(True)
     if output.probabilities is not None:
-        vector = sitk.GetImageFromArray(np.moveaxis(output.probabilities.astype(np.float32), 0, -1), isVector=True)
-        vector.CopyInformation(output.grid)
-        resampler.SetInterpolator(sitk.sitkLinear)
-        resampler.SetOutputPixelType(sitk.sitkVectorFloat32)
-        on_source = sitk.GetArrayFromImage(resampler.Execute(vector))
-        return np.argmax(on_source, axis=-1).astype(np.uint8)
+        return labels_from_probabilities(output.probabilities, output.grid, source)
     if output.labels is None:
         raise ValueError("a model output needs probabilities or labels")
     labels = sitk.GetImageFromArray(output.labels.astype(np.uint8))
     labels.CopyInformation(output.grid)
     if output.grid is source:  # already on the source grid (nnU-Net, bundles with Invertd): nothing to resample
         return sitk.GetArrayFromImage(labels)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetReferenceImage(source)
+    resampler.SetUseNearestNeighborExtrapolator(True)
     resampler.SetInterpolator(sitk.sitkNearestNeighbor)
     resampler.SetOutputPixelType(sitk.sitkUInt8)
     return sitk.GetArrayFromImage(resampler.Execute(labels))
