@@ -16,6 +16,7 @@ import SimpleITK as sitk
 import torch
 
 from db.errors import ConfigurationError
+from worker.models.body import restrict_to_body
 from worker.models.grid import to_model_space
 from worker.models.runtime import ModelOutput
 from worker.models.spec import ExportedSpec
@@ -82,8 +83,8 @@ class OnnxRuntime:
         """Class probabilities on the model's grid covering ``image``."""
         model_input, grid = to_model_space(image, self.spec.preprocess)
         # windows are cut and stitched on the CPU; ONNX Runtime moves each to its device
-        return ModelOutput(grid, probabilities=sliding_probabilities(self._predict, model_input, self.spec.inference,
-                                                                     "cpu"))
+        probabilities = sliding_probabilities(self._predict, model_input, self.spec.inference, "cpu")
+        return ModelOutput(grid, probabilities=restrict_to_body(probabilities, model_input, self.spec))
 
 
 def _fixed(session: Any) -> bool:

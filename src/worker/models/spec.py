@@ -42,6 +42,7 @@ class LabelSpec(_Strict):
     keep_largest: int = Field(0, ge=0, description="Keep this many largest components; 0 keeps all")
     fill_holes: bool = False
     min_volume_ml: float = Field(0.0, ge=0.0)
+    inside_body: bool = False  # CT: dropped outside the patient's body (worker.models.body)
 
     @field_validator("color")
     @classmethod

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 import torch
 
 from db.errors import ConfigurationError
+from worker.models.body import restrict_to_body
 from worker.models.grid import to_model_space
 from worker.models.runtime import ModelOutput, choose_device
 from worker.models.spec import ExportedSpec
@@ -53,5 +54,5 @@ class TorchScriptRuntime:
     def infer(self, image: sitk.Image) -> ModelOutput:
         """Class probabilities on the model's grid covering ``image``."""
         model_input, grid = to_model_space(image, self.spec.preprocess)
-        return ModelOutput(grid, probabilities=sliding_probabilities(self.network, model_input, self.spec.inference,
-                                                                     self.device))
+        probabilities = sliding_probabilities(self.network, model_input, self.spec.inference, self.device)
+        return ModelOutput(grid, probabilities=restrict_to_body(probabilities, model_input, self.spec))

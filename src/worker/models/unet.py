@@ -15,6 +15,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import UNet
 
 from db.errors import ConfigurationError
+from worker.models.body import restrict_to_body
 from worker.models.grid import to_model_space
 from worker.models.runtime import ModelOutput, choose_device
 from worker.models.spec import InferenceSpec, UNetSpec
@@ -77,4 +78,5 @@ class UNetRuntime:
     def infer(self, image: sitk.Image) -> ModelOutput:
         """Class probabilities on the model's grid covering ``image``."""
         model_input, grid = to_model_space(image, self.spec.preprocess)
-        return ModelOutput(grid, probabilities=self.probabilities(model_input))
+        probabilities = restrict_to_body(self.probabilities(model_input), model_input, self.spec)
+        return ModelOutput(grid, probabilities=probabilities)
