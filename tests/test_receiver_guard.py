@@ -17,7 +17,7 @@ import pytest
 from ainode.kit import free_port, wait_for
 from conftest import DCMTK_ENV, NodeProcess, require
 from rawpeer import Peer, associate_rq, ct_instance, encode_dataset, store_pdus
-from training.phantom import StudyIdentity
+from training.dicom import StudyIdentity
 
 pytestmark = pytest.mark.slow
 IDENTITY = StudyIdentity.from_seed(4242)

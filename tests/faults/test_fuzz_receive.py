@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from ainode.kit import free_port
 from conftest import NodeProcess
 from rawpeer import Peer, associate_rq, ct_instance, encode_dataset, p_data, store_pdus
-from training.phantom import StudyIdentity
+from training.dicom import StudyIdentity
 
 pytestmark = pytest.mark.slow
 
