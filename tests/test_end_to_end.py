@@ -193,7 +193,8 @@ def seg_centre(path: Path, label: str) -> np.ndarray:
     pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
     points = []
     for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
+        where = item if "SegmentIdentificationSequence" in item else shared  # shared when there is one segment
+        if int(where.SegmentIdentificationSequence[0].ReferencedSegmentNumber) != number:
             continue
         origin = np.array(item.PlanePositionSequence[0].ImagePositionPatient, dtype=float)
         rows, cols = np.nonzero(frame)

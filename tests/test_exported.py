@@ -23,6 +23,7 @@ from db import ingest, queue
 from db.engine import Database
 from db.errors import ConfigurationError
 from db.models import Job, utcnow
+from db.routing import Routing
 from db.storage import instance_path
 from training.cases import case_images
 from worker.models import registry
@@ -80,7 +81,7 @@ def test_the_export_runs_with_pytorchs_logits_and_masks(demo: UNetRuntime, expor
     for seed in (7, 8):
         _, image, _ = case_images(seed, 128)
         ours, theirs = segment(runtime, image), segment(demo, image)
-        assert len(np.unique(theirs)) == 3 and int((ours != theirs).sum()) == 0
+        assert len(np.unique(theirs)) == len(demo.spec.labels) + 1 and int((ours != theirs).sum()) == 0
 
 
 def test_ainode_export_writes_the_model_and_its_description(tmp_path: Path) -> None:
@@ -111,19 +112,20 @@ def test_a_description_of_another_kind_or_misfitting_network_is_refused(exported
 class Broken(torch.nn.Module):
     """A network that answers with the right shape and NaN, or with half the spatial size."""
 
-    def __init__(self, nan: bool) -> None:
+    def __init__(self, nan: bool, classes: int) -> None:
         super().__init__()
         self.nan = nan
+        self.classes = classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.nan:
-            return torch.full((x.shape[0], 3, x.shape[2], x.shape[3], x.shape[4]), float("nan"))
-        return torch.zeros((x.shape[0], 3, x.shape[2] // 2, x.shape[3] // 2, x.shape[4] // 2))
+            return torch.full((x.shape[0], self.classes, x.shape[2], x.shape[3], x.shape[4]), float("nan"))
+        return torch.zeros((x.shape[0], self.classes, x.shape[2] // 2, x.shape[3] // 2, x.shape[4] // 2))
 
 
 def broken_model(exported: dict[str, Path], folder: Path, nan: bool) -> Path:
     shutil.copytree(exported["torchscript"].parent, folder)
-    torch.jit.script(Broken(nan)).save(str(folder / "model.ts"))
+    torch.jit.script(Broken(nan, len(load_spec().labels) + 1)).save(str(folder / "model.ts"))
     return folder / "model.toml"
 
 
@@ -133,7 +135,7 @@ def test_nan_and_wrongly_shaped_outputs_fail_with_the_reason(exported: dict[str,
     with pytest.raises(ModelFailure, match="returned NaN or infinite probabilities"):
         segment(nan, image)
     half = registry.load(registry.ModelEntry("h", "torchscript", broken_model(exported, tmp_path / "h", False), "cpu"))
-    with pytest.raises(ModelFailure, match=r"returned probabilities of shape \(3, .*\); expected \(3, "):
+    with pytest.raises(ModelFailure, match=r"returned probabilities of shape \(2, .*\); expected \(2, "):
         segment(half, image)
 
 
@@ -166,7 +168,7 @@ def test_a_failing_model_fails_its_own_job_and_the_other_models_job_succeeds(
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
             str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
     ingest.release_series(database, {small_series.identity.series_instance_uid: None}, now=past)
-    queue.enqueue_settled(database, policy, lambda series: queue.Routing(("demo", "broken")))
+    queue.enqueue_settled(database, policy, lambda series: Routing.to("demo", "broken"))
     broken = registry.load(registry.ModelEntry("broken", "torchscript", broken_model(exported, tmp_path / "b", True),
                                                "cpu"))
     pipelines = {"demo": Pipeline(demo, PipelineConfig(tmp_path)), "broken": Pipeline(broken, PipelineConfig(tmp_path))}

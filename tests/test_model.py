@@ -74,14 +74,14 @@ def test_the_demo_model_finds_lungs_on_fresh_phantoms_and_none_where_there_are_n
 
 @pytest.mark.slow
 def test_the_demo_model_segments_the_lungs_of_a_real_chest_ct() -> None:
-    """A real chest CT (COPDGene, 4.2 mm) the bundled model trained on: a check that the committed weights
-    are the trained ones; the cross-validated figures (cases it never saw) are in the README."""
+    """A real chest CT (LCTSC) the bundled model trained on: a check that the committed weights are the
+    trained ones; the cross-validated figures (cases it never saw) are in the README."""
     from conftest import SHARED_DATA
     from training.evaluate import evaluate
     from training.nifti import check_cases
 
     folder = SHARED_DATA / "real-chest-ct"
     spec = load_spec()
-    pairs = [p for p in check_cases(folder / "imagesTr", folder / "labelsTr", spec) if p.name == "cip-10002K"]
+    pairs = [p for p in check_cases(folder / "imagesTr", folder / "labelsTr", spec) if p.name == "lctsc-S1-101"]
     (score,) = evaluate(spec, pairs, device="cpu")
     assert score.dice["Lung"] is not None and score.dice["Lung"] >= 0.95, score

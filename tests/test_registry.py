@@ -3,6 +3,7 @@ naming the model and the reason."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +14,14 @@ from ainode.config import load_settings
 from db.errors import ConfigurationError
 from worker.models import registry
 from worker.models.runtime import segment
-from worker.models.spec import DEMO_MODEL
+from worker.models.spec import DEMO_MODEL, load_spec
 
 
 def test_the_default_configuration_runs_the_bundled_demo_model() -> None:
     (entry,) = load_settings(None).model_entries()
     assert (entry.name, entry.kind, entry.path) == ("demo", "ainode", None)
     runtime = registry.load(registry.ModelEntry("demo", "ainode", None, "cpu"))
-    assert runtime.spec.name == "ainode-demo-chest-ct" and runtime.device == "cpu"
+    assert runtime.spec.name == load_spec().name == "ainode-demo-lung-ct" and runtime.device == "cpu"
     image = sitk.GetImageFromArray(np.full((20, 40, 40), -800, dtype=np.int16))
     image.SetSpacing((4.0, 4.0, 8.0))
     assert segment(runtime, image).shape == (20, 40, 40)
@@ -37,8 +38,8 @@ def test_a_wrong_entry_is_refused_naming_the_model(entry: registry.ModelEntry, r
 
 def test_weights_that_do_not_fit_are_refused_at_load_naming_the_model(tmp_path: Path) -> None:
     wider = tmp_path / "model.toml"
-    wider.write_text(DEMO_MODEL.read_text().replace("channels = [16, 32, 64, 128]", "channels = [16, 32, 64, 256]")
-                     .replace('weights = "weights.pt"', f'weights = "{DEMO_MODEL.with_name("weights.pt")}"'))
+    text = re.sub(r"(?m)^channels = \[16, ", "channels = [24, ", DEMO_MODEL.read_text())
+    wider.write_text(text.replace('weights = "weights.pt"', f'weights = "{DEMO_MODEL.with_name("weights.pt")}"'))
     with pytest.raises(ConfigurationError, match="model wide: .*do not fit the architecture"):
         registry.load(registry.ModelEntry("wide", "ainode", wider, "cpu"))
 

@@ -116,7 +116,7 @@ when = {{ body_part_examined = ["ABDOMEN"] }}
 models = ["lung"]
 [[routes]]
 name = "chest"
-when = {{ modality = "CT", series_description = "(?i)chest" }}
+when = {{ modality = "CT", series_description = "(?i)^phantom" }}
 models = ["lung"]
 priority = 3
 """)

@@ -292,8 +292,9 @@ def disk_full(root: Path, megabytes: int = 1) -> Tally:
     storage = root / "tmpfs"
     storage.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(storage)], check=True)
+    # no free-space watermark: this is the disk filling up under a transfer (tests/test_watermark.py has that)
     node = NodeProcess(root / "node", free_port(), workers=0, storage_root=storage,
-                       database_url=f"sqlite:///{root / 'ainode.db'}")
+                       database_url=f"sqlite:///{root / 'ainode.db'}", minimum_free_gb=0, minimum_free_percent=0)
     tally = Tally()
     try:
         node.serve()

@@ -38,8 +38,8 @@ def restrict_to_body(probabilities: np.ndarray, model_input: np.ndarray, spec: G
     """``probabilities`` (C, z, y, x) with each ``inside_body`` label's share outside the body moved to the
     background."""
     inside = [label.value for label in spec.labels if label.inside_body]
-    if not inside:
-        return probabilities
+    if not inside or probabilities.ndim != 4 or probabilities.shape[1:] != model_input.shape:
+        return probabilities  # nothing to do, or an output ``runtime.check`` refuses with the reason
     outside = ~body_mask(model_input, spec.preprocess.window)
     for value in inside:
         probabilities[0][outside] += probabilities[value][outside]
