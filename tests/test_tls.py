@@ -154,8 +154,11 @@ private_key = "{pki['node.key']}"
                               text=True, timeout=300)
         assert sent.returncode == 0, sent.stderr
         wait_for(lambda: len(pacs.files()) >= 2, 240, lambda: f"nothing arrived over TLS: {node.log_text()}")
-        delivered = [e for e in audit(node) if e.kind == "delivery" and e.outcome == "delivered"]
-        assert len(delivered) == 2
+
+        def delivered() -> list[AuditEvent]:  # recorded once the PACS has answered: after the file is there
+            return [e for e in audit(node) if e.kind == "delivery" and e.outcome == "delivered"]
+
+        wait_for(lambda: len(delivered()) == 2, 30, lambda: f"deliveries audited: {delivered()}")
     finally:
         node.stop()
         pacs.stop()
