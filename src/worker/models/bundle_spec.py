@@ -13,29 +13,18 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
-
 from db.errors import ConfigurationError
 from worker.models.labels import coded_labels
-from worker.models.spec import ModelSpec
+from worker.models.spec import FolderModelSpec
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
 MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR", "PET": "PT", "PT": "PT"}
 
 
-class BundleSpec(ModelSpec):
+class BundleSpec(FolderModelSpec):
     """A bundle folder: its metadata, the configuration overrides the node applies, its label codes."""
 
     overrides: dict[str, Any] = {}
-    model_spacing: tuple[float, float, float] | None = Field(None, exclude=True)
-
-    @property
-    def folder(self) -> Path:
-        return self.path
-
-    @property
-    def spacing(self) -> tuple[float, float, float] | None:
-        return self.model_spacing
 
     @property
     def config_file(self) -> Path:

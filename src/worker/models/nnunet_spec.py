@@ -16,7 +16,7 @@ from pydantic import Field
 
 from db.errors import ConfigurationError
 from worker.models.labels import coded_labels
-from worker.models.spec import ModelSpec
+from worker.models.spec import FolderModelSpec
 
 # dataset.json channel names (case-insensitive) → the modality a series must have
 CT_NAMES = {"ct"}
@@ -24,7 +24,7 @@ PET_NAMES = {"pet", "pt", "suv"}
 MR_NAMES = {"mr", "mri", "t1", "t1w", "t1c", "t1ce", "t1gd", "t2", "t2w", "flair", "adc", "dwi", "pd", "hbv"}
 
 
-class NnUNetSpec(ModelSpec):
+class NnUNetSpec(FolderModelSpec):
     """A trained-model folder and how the node runs it (folds, checkpoint, orientation, mirroring, step)."""
 
     folds: tuple[int | str, ...] = (0,)
@@ -33,15 +33,6 @@ class NnUNetSpec(ModelSpec):
     mirroring: bool = True
     tile_step_size: float = Field(0.5, gt=0.0, le=1.0)
     configuration: str | None = None  # from the folder's name; the checkpoint has the last word
-    model_spacing: tuple[float, float, float] | None = Field(None, exclude=True)
-
-    @property
-    def folder(self) -> Path:
-        return self.path
-
-    @property
-    def spacing(self) -> tuple[float, float, float] | None:
-        return self.model_spacing
 
     def weight_files(self) -> list[Path]:
         return [self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds]

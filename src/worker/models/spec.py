@@ -142,6 +142,21 @@ class ModelSpec(_Strict):
         return digest.hexdigest()
 
 
+class FolderModelSpec(ModelSpec):
+    """A model that is a folder run by its own framework (a MONAI bundle, an nnU-Net model), which resamples
+    by itself: the spacing it works at is read from the folder, for ``ainode models`` only."""
+
+    model_spacing: tuple[float, float, float] | None = Field(None, exclude=True)
+
+    @property
+    def folder(self) -> Path:
+        return self.path
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        return self.model_spacing
+
+
 class GridModelSpec(ModelSpec):
     """A network ainode runs itself: resampled to its grid, windowed, sliding window, labels 1..N."""
 
