@@ -4,14 +4,12 @@ that returns NaN, the wrong shape or runs out of memory fails its job with that 
 
 from __future__ import annotations
 
-import datetime as dt
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
@@ -19,12 +17,12 @@ from sqlalchemy import select
 
 from ainode.config import load_settings
 from conftest import PhantomSeries
-from db import ingest, queue
+from db import queue
 from db.engine import Database
 from db.errors import ConfigurationError
-from db.models import Job, utcnow
+from db.models import Job
 from db.routing import Routing
-from db.storage import instance_path
+from test_worker import store
 from training.cases import case_images
 from worker.models import registry
 from worker.models.export import example_window, export
@@ -158,17 +156,7 @@ def test_a_failing_model_fails_its_own_job_and_the_other_models_job_succeeds(
         tmp_path: Path, database: Database, small_series: PhantomSeries, demo: UNetRuntime,
         exported: dict[str, Path]) -> None:
     policy = queue.QueuePolicy(settle_seconds=0, max_attempts=2, backoff_seconds=0)
-    past = utcnow() - dt.timedelta(seconds=10)
-    for path in small_series.paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        relative = instance_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, tmp_path / relative)
-        ingest.record_instance(database, ingest.ReceivedInstance(
-            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
-            str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
-    ingest.release_series(database, {small_series.identity.series_instance_uid: None}, now=past)
-    queue.enqueue_settled(database, policy, lambda series: Routing.to("demo", "broken"))
+    store(database, tmp_path, small_series.paths, lambda series: Routing.to("demo", "broken"), policy)
     broken = registry.load(registry.ModelEntry("broken", "torchscript", broken_model(exported, tmp_path / "b", True),
                                                "cpu"))
     pipelines = {"demo": Pipeline(demo, PipelineConfig(tmp_path)), "broken": Pipeline(broken, PipelineConfig(tmp_path))}

@@ -14,7 +14,7 @@ from conftest import PhantomSeries, phantom_series
 from db import ingest, queue
 from db.engine import Database
 from db.models import Delivery, Job, JobEvent, Result, utcnow
-from db.routing import Routing, SettledSeries
+from db.routing import Router, Routing, SettledSeries
 from db.storage import instance_path
 from worker.models.spec import load_spec
 from worker.models.unet import UNetRuntime
@@ -28,8 +28,9 @@ def ROUTE(series: SettledSeries) -> Routing:  # noqa: N802 - a constant of the t
     return Routing.to("demo")
 
 
-def store(db: Database, root: Path, paths: list[Path]) -> None:
-    """Put files where the receiver would and record them as it would."""
+def store(db: Database, root: Path, paths: list[Path], route: Router = ROUTE,
+          policy: queue.QueuePolicy = POLICY) -> None:
+    """Put files where the receiver would, record them as it would, and queue the series' jobs."""
     past = utcnow() - dt.timedelta(seconds=10)
     for path in paths:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -40,7 +41,7 @@ def store(db: Database, root: Path, paths: list[Path]) -> None:
             ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SOPClassUID, "1.2.840.10008.1.2.1",
             str(ds.Modality), str(relative), path.stat().st_size, "STORESCU"), now=past)
         ingest.release_series(db, {ds.SeriesInstanceUID: None}, now=past)
-    queue.enqueue_settled(db, POLICY, ROUTE)
+    queue.enqueue_settled(db, policy, route)
 
 
 def run(db: Database, root: Path, runtime: UNetRuntime) -> Job:
