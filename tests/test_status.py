@@ -269,6 +269,44 @@ def test_metrics_from_the_database(page: StatusServer, database: Database) -> No
     assert "ainode_instances_received" in found and "ainode_associations" in found  # this process's counters
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def documented_metrics() -> dict[str, tuple[str, set[str]]]:
+    """README.md's table of metrics: name (or ``prefix_*``) -> type and labels."""
+    section = README.read_text().split("### Prometheus metrics", 1)[1].split("\n#", 1)[0]
+    rows: dict[str, tuple[str, set[str]]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            for name in re.findall(r"`([\w*]+)`", cells[0]):
+                rows[name] = (cells[1], set(re.findall(r"`(\w+)`", cells[2])))
+    return rows
+
+
+def test_the_readme_documents_exactly_the_metrics_exposed(page: StatusServer, database: Database) -> None:
+    """Sites write their alerts and dashboards from the README's table: a metric renamed, added or dropped
+    in the code must be so in the table too. Labels are compared for every family that has samples."""
+    finish_two_jobs(database)
+    documented = documented_metrics()
+    status, _, body = get(page, "/metrics")
+    assert status == 200, body
+    exposed: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(body):
+        name = family.name + "_total" if family.type == "counter" else family.name  # the parser drops _total
+        exposed[name] = (family.type, {label for s in family.samples for label in s.labels if label != "le"})
+    for prefix in [name for name in documented if name.endswith("*")]:
+        covered = [name for name in exposed if name.startswith(prefix[:-1])]
+        assert covered, f"README documents {prefix}, /metrics has none"
+        for name in covered:
+            del exposed[name]
+        del documented[prefix]
+    assert {n: t for n, (t, _) in exposed.items()} == {n: t for n, (t, _) in documented.items()}
+    for name, (_, labels) in exposed.items():
+        if labels:
+            assert labels == documented[name][1], (name, labels, documented[name][1])
+
+
 def test_an_unreadable_database_is_a_503_for_the_page_and_a_200_for_metrics(page: StatusServer,
                                                                           database: Database) -> None:
     with database.engine.begin() as connection:
