@@ -66,3 +66,11 @@ def test_the_viewer_proxies_the_orthanc_service(compose: dict) -> None:  # type:
     assert "127.0.0.1:8042:8042" in compose["services"]["orthanc"]["ports"]
     config = (DOCKER / "ohif" / "app-config.js").read_text()
     assert "/dicom-web" in config and "http://" not in config  # same origin: relative DICOMweb roots
+
+
+def test_torch_is_its_cpu_build_unless_a_site_names_another(compose: dict) -> None:  # type: ignore[type-arg]
+    """One named choice for the wheelhouse and the image: compose's AINODE_TORCH reaches the Dockerfile's
+    TORCH argument, whose default and the wheelhouse's are the CPU build."""
+    assert compose["services"]["ainode"]["build"]["args"]["TORCH"] == "${AINODE_TORCH:-cpu}"
+    assert "ARG TORCH=cpu" in (DOCKER / "Dockerfile").read_text()
+    assert "torch=cpu" in (DOCKER / "wheelhouse.sh").read_text()
