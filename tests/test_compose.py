@@ -1,7 +1,10 @@
 """docker/compose.yaml started for real: its three images built from this repository (on a Debian base made
 with debootstrap, since no image registry is reachable here), `compose up`, a phantom study sent into
 Orthanc and from Orthanc to ainode, the SEG and SR found back in the study through Orthanc's REST API, OHIF's
-page and its DICOMweb proxy answering, and `compose down -v` leaving nothing behind.
+page and its DICOMweb proxy answering, and `compose down -v` leaving nothing behind. Before `up`, cheap
+checks on the built images: torch in the ainode image is its CPU build, a build for another torch than the
+wheelhouse holds stops naming both, and an environment that makes ainode's configuration invalid stops the
+service's own command at start (exit code 2, the key named).
 
 The engine is one in this test's own network namespace: as root, a private dockerd (its own data root,
 exec root and socket; no default bridge and no iptables rules, so it touches neither a site engine nor the
@@ -251,13 +254,30 @@ def http_get(url: str) -> tuple[int, bytes]:
 
 def test_compose_runs_a_study_from_orthanc_through_ainode_and_back(engine: Engine, tmp_path: Path) -> None:
     figures: dict[str, object] = {"build seconds": build_images(engine)}
+    base = os.environ.get("AINODE_BASE_IMAGE") or LOCAL_BASE
     compose = [*engine.compose, "-f", str(COMPOSE_FILE), "-p", PROJECT]
     password = tmp_path / "status-password"  # the status page's, as a site makes it (docker/README.md)
     password.write_text(secrets.token_urlsafe(18) + "\n")
     password.chmod(0o644)
     engine.env["STATUS_PASSWORD_FILE"] = str(password)
-    up = time.monotonic()
+    # the image holds torch's CPU build (PyPI's torch is the CUDA one, several GB more)
+    cuda = engine.docker("run", "--rm", "--network", "none", "--entrypoint", "/opt/ainode/bin/python", "ainode",
+                         "-c", "import torch; print(torch.version.cuda)", timeout=300)
+    assert cuda.strip() == "None", cuda
+    # an image asked for another build of torch than the wheelhouse holds stops, naming both
+    network = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["ainode"]["build"]["network"]  # its cache
+    other = subprocess.run([engine.cli, "build", "--network", network, "--target", "packages", "-f",
+                            str(DOCKER / "Dockerfile"), f"--build-arg=BASE_IMAGE={base}", "--build-arg=TORCH=cu126",
+                            str(ROOT)], capture_output=True, text=True, env=engine.env, timeout=300)
+    assert other.returncode != 0 and "torch==2.13.0+cpu, not torch's cu126 build" in other.stderr, other.stderr[-2000:]
     try:
+        # an environment that makes the configuration invalid stops the service's own command at start,
+        # with the exit code of a refused configuration and the key named
+        refused = subprocess.run([*compose, "run", "--rm", "-T", "--no-deps", "-e", "AINODE_NODE__PORT=-1", "ainode"],
+                                 capture_output=True, text=True, env=engine.env, timeout=300)
+        assert refused.returncode == 2 and "node.port" in refused.stdout + refused.stderr, \
+            (refused.returncode, refused.stdout[-2000:], refused.stderr[-2000:])
+        up = time.monotonic()
         subprocess.run([*compose, "up", "--detach", "--no-build"], check=True, env=engine.env, capture_output=True,
                        timeout=300)
         orthanc = PublishedOrthanc(8042)
