@@ -37,10 +37,32 @@ def test_a_retry_that_ends_normally_settles_at_the_normal_time(database: Databas
     receive(database, SERIES, SERIES + ".1", t0)
     ingest.release_series(database, {SERIES: "an instance was answered 0xA700: storage error"}, now=t0)
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))  # the sender's retry
-    ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=2))
+    ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=2),
+                          started_at=t0 + dt.timedelta(seconds=0.5))
     assert len(queue.enqueue_settled(database, POLICY, ROUTE)) == 1
     with database.read() as session:
         assert session.scalar(select(Series.incomplete_reason)) is None
+
+
+def test_a_clean_association_alongside_one_that_went_wrong_keeps_the_series_marked(database: Database) -> None:
+    """Two senders at once: one aborts, the other ends normally afterwards. The clean one cannot vouch for
+    what the aborted one left out, so the series still waits for a retry; the retry clears the mark."""
+    t0 = utcnow() - dt.timedelta(seconds=60)
+    clean_start = t0 - dt.timedelta(seconds=5)  # started before the bad one ended
+    receive(database, SERIES, SERIES + ".1", t0)
+    ingest.release_series(database, {SERIES: "the association ended without a release"}, now=t0)
+    receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))
+    ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=2), started_at=clean_start)
+    assert queue.enqueue_settled(database, POLICY, ROUTE) == [], "still possibly partial"
+    with database.read() as session:
+        assert session.scalar(select(Series.incomplete_reason)) == "the association ended without a release"
+    ingest.release_series(database, {SERIES: None}, now=t0 + dt.timedelta(seconds=3))  # when it started: unknown
+    assert queue.enqueue_settled(database, POLICY, ROUTE) == [], "an end that cannot say when it started clears nothing"
+
+    retry = t0 + dt.timedelta(seconds=10)
+    receive(database, SERIES, SERIES + ".1", retry)  # the sender's retry, after both ended
+    ingest.release_series(database, {SERIES: None}, now=retry, started_at=retry - dt.timedelta(seconds=1))
+    assert len(queue.enqueue_settled(database, POLICY, ROUTE)) == 1
 
 
 def _processed(db: Database, worker: str, delivered_to: tuple[str, ...], failed_to: tuple[str, ...] = (),
