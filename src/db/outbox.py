@@ -14,20 +14,17 @@ from dataclasses import dataclass
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from db.backoff import exponential
+from db.backoff import Backoff
 from db.engine import Database
 from db.models import AuditEvent, Delivery, utcnow
 from db.states import DeliveryState
 
 
 @dataclass(frozen=True)
-class DeliveryPolicy:
+class DeliveryPolicy(Backoff):
     lease_seconds: float = 120.0
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 300.0
-
-    def backoff(self, attempts: int) -> dt.timedelta:
-        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from db import superseding
-from db.backoff import exponential
+from db.backoff import Backoff
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
 from db.routing import Router, SettledSeries
@@ -27,16 +27,13 @@ from db.states import JobEventKind as Event
 
 
 @dataclass(frozen=True)
-class QueuePolicy:
+class QueuePolicy(Backoff):
     settle_seconds: float = 5.0
     incomplete_settle_seconds: float = 600.0  # after an abort, a lost connection or a failure status
     lease_seconds: float = 60.0
     max_attempts: int = 3
     backoff_seconds: float = 10.0
     backoff_max_seconds: float = 600.0
-
-    def backoff(self, attempts: int) -> dt.timedelta:
-        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)
