@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from db.storage import InvalidUID, check_uid, instance_path, write_atomic
+from db.storage import InvalidUID, check_uid, instance_path, result_path, write_atomic
 
 
 @pytest.mark.parametrize("bad", ["", "1.2.", "1..2", "1.02", "../../etc", "1.2.3/4", "1.2." + "3" * 70, None, "1.2 3"])
@@ -51,3 +51,37 @@ def test_start_up_removes_interrupted_writes_and_unrecorded_files(tmp_path: Path
     left = ingest.reconcile_storage(database, tmp_path)
     assert (left.partial_files, left.unrecorded_files) == ([str(partial)], [str(unrecorded)])
     assert sorted(p.name for p in (tmp_path / kept).parent.iterdir()) == ["1.2.3.1.dcm"]
+
+
+def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job_is_running(
+        tmp_path: Path, database) -> None:  # type: ignore[no-untyped-def]
+    """Real files in job folders: a finished job's temporary and unrecorded files go, its recorded result
+    stays; a running job's files (a worker elsewhere may be writing them) and files outside a job folder stay."""
+    from db import leftovers, queue
+    from test_queue import MODELS, POLICY, settled_job
+
+    done, running = settled_job(database, "1.2.3.4"), settled_job(database, "1.2.3.5")
+    claimed = queue.claim(database, "w", POLICY, MODELS)
+    assert claimed is not None and claimed.id == done
+    assert queue.claim(database, "w2", POLICY, MODELS) is not None  # ``running`` stays running
+    kept = result_path("1.2.3", done, "SEG", "9.1")
+    write_atomic(tmp_path / kept, b"recorded")
+    assert queue.complete(database, done, "w", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", "9",
+                                                                 str(kept))], [])
+    unfinished = result_path("1.2.3", done, "SR", "9.2")  # an earlier attempt's, killed before completing
+    write_atomic(tmp_path / unfinished, b"no row")
+    partial = kept.parent / ".incoming-k1ll3d.part"
+    (tmp_path / partial).write_bytes(b"half")
+    being_written = result_path("1.2.3", running, "SEG", "9.3")
+    write_atomic(tmp_path / being_written, b"written, not yet completed")
+    writing = being_written.parent / ".incoming-x.part"
+    (tmp_path / writing).write_bytes(b"being written")
+    stranger = Path("results/notes/.incoming-y.part")
+    (tmp_path / stranger).parent.mkdir(parents=True)
+    (tmp_path / stranger).write_bytes(b"not a job's")
+
+    left = leftovers.reconcile_results(database, tmp_path)
+    assert (left.partial_files, left.unfinished_files) == ([str(partial)], [str(unfinished)])
+    remaining = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "results").rglob("*") if p.is_file())
+    assert remaining == sorted(map(str, [kept, being_written, writing, stranger]))
+    assert leftovers.reconcile_results(database, tmp_path) == leftovers.ResultLeftovers([], [])

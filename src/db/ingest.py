@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, insert, or_, select, update
+from sqlalchemy import CursorResult, case, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -120,20 +120,28 @@ def _new_series(session: Session, item: ReceivedInstance, now: dt.datetime) -> i
 
 
 def release_series(db: Database, outcomes: Mapping[str, str | None], now: dt.datetime | None = None,
-                   settle_seconds: float | None = None) -> None:
+                   settle_seconds: float | None = None, started_at: dt.datetime | None = None) -> None:
     """The association that sent these series has ended: their settle time starts now. ``outcomes`` maps
     each series to why this transfer may have left it partial (aborted, a failure status), or None when
     the association ended with a normal release and every instance was stored. ``settle_seconds``: the
-    sending peer's own settle time, if it has one."""
+    sending peer's own settle time, if it has one.
+
+    A clean end clears a series' earlier reason only if this association started (``started_at``) after
+    every earlier one had ended: a sender's retry. One that ran alongside a transfer that went wrong cannot
+    vouch for what that one left out, so the mark stays and the series waits for the retry."""
     if not outcomes:
         return
     by_reason: dict[str | None, list[str]] = {}
     for uid, reason in sorted(outcomes.items()):
         by_reason.setdefault(reason, []).append(uid)
+    after_the_others = Series.released_at.is_(None) if started_at is None else \
+        or_(Series.released_at.is_(None), Series.released_at <= started_at)
     with db.transaction() as session:
         for reason, uids in by_reason.items():
+            marked = reason if reason is not None else \
+                case((after_the_others, None), else_=Series.incomplete_reason)
             session.execute(update(Series).where(Series.series_instance_uid.in_(uids))
-                            .values(released_at=now or utcnow(), incomplete_reason=reason,
+                            .values(released_at=now or utcnow(), incomplete_reason=marked,
                                     settle_seconds=settle_seconds))
 
 

@@ -102,7 +102,7 @@ class Job(Base):
     States: ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to ``queued`` with a later
     ``not_before`` until ``max_attempts``, then ``failed``; input that can never work ends ``rejected``.
     A job made because its series grew ``supersedes`` the series' previous job: its results replace that
-    job's, which are retracted where they were delivered (or never sent, if still pending); a previous job
+    job's, which are retracted wherever a send of them was started (and never sent again); a previous job
     that had not started yet ends ``superseded``.
     """
 

@@ -2,32 +2,29 @@
 
 Deliveries are created with their job's results (``queue.complete``); a sender claims one at a time with
 a lease, and records the peer's answer. Nothing is ever given up: a failed send waits longer each time
-(capped) and is tried again, because a PACS that is down must not lose a result.
+(capped) and is tried again, because a PACS that is down must not lose a result. Only a superseded
+result's deliveries stop (``withdraw``): its rejection note goes wherever a send of it was started.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from db.backoff import exponential
+from db.backoff import Backoff
 from db.engine import Database
 from db.models import AuditEvent, Delivery, utcnow
 from db.states import DeliveryState
 
 
 @dataclass(frozen=True)
-class DeliveryPolicy:
+class DeliveryPolicy(Backoff):
     lease_seconds: float = 120.0
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 300.0
-
-    def backoff(self, attempts: int) -> dt.timedelta:
-        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)
@@ -40,16 +37,22 @@ class DeliveryTask:
     attempt: int
 
 
-def withdraw_pending(session: Session, result_ids: list[int]) -> int:
-    """Within the caller's transaction: deliveries of these results not sent yet will never be sent (their
-    results were superseded). Returns how many were withdrawn."""
+def withdraw(session: Session, result_ids: list[int]) -> int:
+    """Within the caller's transaction: deliveries of these results not delivered yet will never be sent
+    (their results were superseded). One being sent keeps its attempt: its sender records the answer, but a
+    failure is not retried. Returns how many were withdrawn."""
     if not result_ids:
         return 0
-    result = session.execute(
-        update(Delivery).where(Delivery.result_id.in_(result_ids), Delivery.state == DeliveryState.PENDING)
-        .values(state=DeliveryState.WITHDRAWN, error="superseded by a newer result before it was sent")
-    )
-    return int(cast(CursorResult[Any], result).rowcount or 0)
+    deliveries = session.scalars(
+        select(Delivery).where(Delivery.result_id.in_(result_ids),
+                               Delivery.state.in_([DeliveryState.PENDING, DeliveryState.SENDING]))
+        .with_for_update()
+    ).all()
+    for delivery in deliveries:
+        delivery.error = "superseded by a newer result before it was sent" if delivery.attempts == 0 else \
+            f"superseded by a newer result after {delivery.attempts} attempt(s): retracted by its rejection note"
+        delivery.state = DeliveryState.WITHDRAWN
+    return len(deliveries)
 
 
 def claim(db: Database, sender: str, policy: DeliveryPolicy) -> DeliveryTask | None:
@@ -100,7 +103,11 @@ def failed(db: Database, delivery_id: int, reason: str, policy: DeliveryPolicy,
         if delivery is None:
             return utcnow()
         session.add(_audit(delivery, "failed", reason))
-        delivery.state, delivery.last_status, delivery.error = DeliveryState.PENDING, status, reason
-        delivery.not_before = utcnow() + policy.backoff(delivery.attempts)
+        delivery.last_status = status
+        if delivery.state == DeliveryState.WITHDRAWN:  # superseded while it was being sent: never again
+            delivery.error = f"{delivery.error}; last attempt: {reason}"
+        else:
+            delivery.state, delivery.error = DeliveryState.PENDING, reason
+            delivery.not_before = utcnow() + policy.backoff(delivery.attempts)
         delivery.lease_owner = delivery.lease_expires_at = None
         return delivery.not_before

@@ -17,8 +17,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from db import outbox
-from db.backoff import exponential
+from db import superseding
+from db.backoff import Backoff
 from db.engine import Database
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
 from db.routing import Router, SettledSeries
@@ -27,16 +27,13 @@ from db.states import JobEventKind as Event
 
 
 @dataclass(frozen=True)
-class QueuePolicy:
+class QueuePolicy(Backoff):
     settle_seconds: float = 5.0
     incomplete_settle_seconds: float = 600.0  # after an abort, a lost connection or a failure status
     lease_seconds: float = 60.0
     max_attempts: int = 3
     backoff_seconds: float = 10.0
     backoff_max_seconds: float = 600.0
-
-    def backoff(self, attempts: int) -> dt.timedelta:
-        return exponential(self.backoff_seconds, self.backoff_max_seconds, attempts)
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,7 @@ class ClaimedJob:
     study_instance_uid: str
     modality: str
     instance_paths: tuple[str, ...]
-    superseded: tuple[ResultFile, ...] = ()  # results of the job this one replaces that reached a destination
+    superseded: tuple[ResultFile, ...] = ()  # the replaced job's results that have or may have reached a destination
     model: str = ""  # the configured name of the model that runs it
 
 
@@ -70,8 +67,7 @@ class Loaded:
     device: str
 
 
-REJECTION_NOTE = "KO"  # the kind of result that retracts a superseded job's results
-_REACHED = (DeliveryState.DELIVERED, DeliveryState.SENDING)  # a destination that has, or may have, the object
+REJECTION_NOTE = superseding.REJECTION_NOTE
 
 
 def _event(job: Job, kind: Event, message: str = "", worker: str | None = None, stage: str | None = None,
@@ -136,7 +132,8 @@ def _replace_earlier_jobs(session: Session, series: Series, model: str, now: dt.
 
 def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, Loaded]) -> ClaimedJob | None:
     """Take the oldest runnable job of one of the models this worker has loaded: queued and due, or running
-    with an expired lease; None when there is none."""
+    with an expired lease; None when there is none. A job that supersedes another withdraws the other's
+    unsent deliveries here, and learns what its rejection note retracts (``superseding``)."""
     now = utcnow()
     with db.transaction() as session:
         candidates = session.scalars(
@@ -149,8 +146,8 @@ def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, L
             ).order_by(Job.priority.desc(), Job.id).limit(5).with_for_update(skip_locked=True)
         ).all()
         for job in candidates:
-            if job.supersedes is not None and job.supersedes.state == JobState.RUNNING:
-                continue  # wait for the results it replaces, so that it retracts them all
+            if job.supersedes is not None and not JobState(job.supersedes.state).final:
+                continue  # wait for the results it replaces (running, or queued for a retry) to retract them all
             if job.state == JobState.RUNNING:
                 reason = f"worker {job.lease_owner} stopped renewing its lease (attempt {job.attempts})"
                 session.add(_event(job, Event.LEASE_EXPIRED, reason, worker=job.lease_owner))
@@ -171,18 +168,11 @@ def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, L
                 select(Instance.path).where(Instance.series_id == series.id, Instance.purged_at.is_(None))
                 .order_by(Instance.id)
             ).all()
+            retracted = tuple(ResultFile(r.kind, r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, r.path)
+                              for r in superseding.withdraw(session, job.supersedes))
             return ClaimedJob(job.id, job.attempts, series.series_instance_uid, series.study.study_instance_uid,
-                              series.modality, tuple(paths), _reached_a_destination(session, job.supersedes),
-                              model=str(job.model))
+                              series.modality, tuple(paths), retracted, model=str(job.model))
     return None
-
-
-def _reached_a_destination(session: Session, job: Job | None) -> tuple[ResultFile, ...]:
-    """A job's SEG and SR that were delivered, or are being sent, somewhere: what a rejection note retracts."""
-    if job is None:
-        return ()
-    return tuple(ResultFile(r.kind, r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, r.path)
-                 for r in job.results if r.kind != REJECTION_NOTE and any(d.state in _REACHED for d in r.deliveries))
 
 
 def _owned(session: Session, job_id: int, worker: str) -> Job | None:
@@ -213,8 +203,8 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
     """Mark the job succeeded, record its results and queue one delivery per result and destination (the
     job's own, when its route named some, else ``destinations``).
 
-    For a job that supersedes another, the other's results not sent yet are withdrawn, and the rejection
-    note goes to every destination that has (or is being sent) one of them."""
+    For a job that supersedes another, the rejection note goes to every destination that has, or may have,
+    one of the other's results (the rest were withdrawn when this job was claimed: ``superseding``)."""
     now = utcnow()
     with db.transaction() as session:
         job = _owned(session, job_id, worker)
@@ -224,11 +214,7 @@ def complete(db: Database, job_id: int, worker: str, results: list[ResultFile], 
         job.lease_owner = job.lease_expires_at = None
         if job.destinations is not None:
             destinations = list(json.loads(job.destinations))
-        holders: list[str] = []
-        if job.supersedes is not None:
-            earlier = job.supersedes.results
-            holders = sorted({d.destination for r in earlier for d in r.deliveries if d.state in _REACHED})
-            outbox.withdraw_pending(session, [r.id for r in earlier])
+        holders = superseding.holders(job.supersedes)
         for item in results:
             result = session.scalar(select(Result).where(Result.sop_instance_uid == item.sop_instance_uid))
             if result is None:

@@ -32,7 +32,7 @@ class DeliveryState(StrEnum):
     PENDING = "pending"
     SENDING = "sending"
     DELIVERED = "delivered"
-    WITHDRAWN = "withdrawn"  # its result was superseded before it was sent: never sent
+    WITHDRAWN = "withdrawn"  # its result was superseded before it was delivered: not sent (again)
 
 
 class JobEventKind(StrEnum):

@@ -16,13 +16,17 @@ def printable(value: object, limit: int = 200) -> str:
 
 
 class RefusalLog:
-    """One warning line per refused input, at most ``burst`` lines per ``window`` seconds; what is held back
-    is counted and reported in one line when the window ends."""
+    """One line per refused input (or per failure that each instance of a flood meets, such as a full disk),
+    at most ``burst`` lines per ``window`` seconds; what is held back is counted and reported in one line
+    when the window ends."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 20, window: float = 10.0) -> None:
+    def __init__(self, logger: logging.Logger, burst: int = 20, window: float = 10.0, level: int = logging.WARNING,
+                 what: str = "refusals") -> None:
         self.logger = logger
         self.burst = burst
         self.window = window
+        self.level = level
+        self.what = what
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._logged = 0
@@ -38,11 +42,11 @@ class RefusalLog:
         with self._lock:
             if now - self._started > self.window:
                 if self._held:
-                    self.logger.warning("%d more refusals in the last %.0f s were not logged one by one",
-                                        self._held, now - self._started)
+                    self.logger.log(self.level, "%d more %s in the last %.0f s were not logged one by one",
+                                    self._held, self.what, now - self._started)
                 self._started, self._logged, self._held = now, 0, 0
             if self._logged >= self.burst:
                 self._held += 1
                 return
             self._logged += 1
-        self.logger.warning("%s", text)
+        self.logger.log(self.level, "%s", text)

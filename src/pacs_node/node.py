@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from db import audit, ingest, queue, retention
+from db import audit, ingest, leftovers, queue, retention
 from db.engine import Database
 from db.polling import poll
 from db.retention import RetentionPolicy
@@ -59,6 +59,11 @@ class Node:
             log.warning("removed %s: a write the last stop interrupted", path)
         for path in left.unrecorded_files:
             log.warning("removed %s: written but never recorded, so never acknowledged", path)
+        results = leftovers.reconcile_results(self.db, self.receiver.config.storage_root)
+        for path in results.partial_files:
+            log.warning("removed %s: a result write that a stopped worker left unfinished", path)
+        for path in results.unfinished_files:
+            log.warning("removed %s: a result of a job attempt that never completed", path)
         abandoned = ingest.release_abandoned(self.db)
         if abandoned:
             log.info("%d series were still receiving when the node last stopped; they settle as possibly partial",

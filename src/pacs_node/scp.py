@@ -76,6 +76,7 @@ class Receiver:
         self.associations = Associations(db, self._writing, audit.actor("receiver"),
                                          lambda ae_title: settle_seconds(config.callers, ae_title))
         self.refusals = RefusalLog(log)
+        self.failures = RefusalLog(log, level=logging.ERROR, what="errors")  # a full disk meets every instance
         self.guard = ConnectionGuard(config.limits, self.refusals, self.admit, self.refused)
 
     def admit(self, event: Event) -> Admission | None:
@@ -100,7 +101,7 @@ class Receiver:
             with self._writing:
                 audit.record_refusal(self.db, self.associations.actor, calling[:16], address[:64], tls, reason[:500])
         except Exception as exc:
-            log.error("cannot audit a refused association: %s", one_line(exc))
+            self.failures.line(f"cannot audit a refused association: {printable(one_line(exc), 500)}")
 
     def handle_echo(self, event: Event) -> int:
         return SUCCESS
@@ -110,8 +111,8 @@ class Receiver:
         try:
             status = self._store(event)
         except Exception as exc:  # the last line of defence: nothing reaches the network stack
-            log.error("C-STORE from %s failed unexpectedly: %s", printable(event.assoc.requestor.ae_title, 16),
-                      printable(one_line(exc)))
+            self.failures.line(f"C-STORE from {printable(event.assoc.requestor.ae_title, 16)} failed unexpectedly: "
+                               f"{printable(one_line(exc))}")
             log.debug("C-STORE failure", exc_info=True)
             status = with_comment(UNABLE_TO_PROCESS, f"unexpected error: {type(exc).__name__}")
         code = status if isinstance(status, int) else int(status.Status)
@@ -158,7 +159,7 @@ class Receiver:
                 log.info("%s already stored; not stored again", incoming.sop_instance_uid)
                 return SUCCESS
         except SQLAlchemyError as exc:
-            log.error("database unavailable: %s", one_line(exc))
+            self.failures.line(f"database unavailable: {printable(one_line(exc), 500)}")
             return with_comment(OUT_OF_RESOURCES, "database unavailable")
 
         relative = instance_path(incoming.study_instance_uid, incoming.series_instance_uid, incoming.sop_instance_uid)
@@ -166,7 +167,7 @@ class Receiver:
         try:
             size = write_atomic(target, event.encoded_dataset())
         except OSError as exc:
-            log.error("cannot write %s: %s", relative, exc)
+            self.failures.line(f"cannot write {relative}: {printable(exc, 500)}")
             return with_comment(OUT_OF_RESOURCES, f"storage error: {exc.strerror or exc}")
         try:
             with self._writing:
@@ -174,7 +175,7 @@ class Receiver:
                                                         calling_ae_title=calling))
             self.associations.of(event).stored += 1
         except SQLAlchemyError as exc:
-            log.error("cannot record %s: %s", incoming.sop_instance_uid, one_line(exc))
+            self.failures.line(f"cannot record {incoming.sop_instance_uid}: {printable(one_line(exc), 500)}")
             target.unlink(missing_ok=True)  # not acknowledged, so not kept: the sender sends it again
             return with_comment(OUT_OF_RESOURCES, "database error")
         return SUCCESS

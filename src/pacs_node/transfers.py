@@ -4,6 +4,7 @@ the association's line in the audit trail."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import ssl
 import threading
@@ -15,6 +16,7 @@ from pynetdicom.events import Event
 from db import audit, ingest
 from db.engine import Database
 from db.errors import one_line
+from db.models import utcnow
 from pacs_node.logs import printable
 
 log = logging.getLogger("ainode.receive")
@@ -33,6 +35,7 @@ class Transfer:
     tls: bool = False
     stored: int = 0
     refusals: int = 0
+    started_at: dt.datetime = field(default_factory=utcnow)  # a clean end clears only marks left before it
 
     def refused(self, status: str) -> None:
         """An instance of the current request was answered with a failure ``status``."""
@@ -75,7 +78,7 @@ class Associations:
         self.actor = actor
         self._lock = threading.Lock()
         self._open: dict[int, Transfer] = {}
-        self._unrecorded: list[tuple[dict[str, str | None], float | None]] = []  # ends the database refused
+        self._unrecorded: list[tuple[dict[str, str | None], float | None, dt.datetime]] = []  # ends not recorded
 
     def of(self, event: Event) -> Transfer:
         with self._lock:
@@ -106,12 +109,12 @@ class Associations:
         settle = self.settle_for(transfer.calling_ae_title)
         try:
             with self.writing:
-                ingest.release_series(self.db, outcomes, settle_seconds=settle)
+                ingest.release_series(self.db, outcomes, settle_seconds=settle, started_at=transfer.started_at)
         except Exception as exc:
             log.error("cannot record the end of an association for %s (%s); trying again later", sorted(outcomes),
                       one_line(exc))
             with self._lock:
-                self._unrecorded.append((outcomes, settle))
+                self._unrecorded.append((outcomes, settle, transfer.started_at))
 
     def _audit(self, transfer: Transfer) -> None:
         ending = "released" if transfer.released else "aborted or lost"
@@ -131,10 +134,10 @@ class Associations:
         then their series cannot settle."""
         with self._lock:
             pending, self._unrecorded = self._unrecorded, []
-        for n, (outcomes, settle) in enumerate(pending):
+        for n, (outcomes, settle, started_at) in enumerate(pending):
             try:
                 with self.writing:
-                    ingest.release_series(self.db, outcomes, settle_seconds=settle)
+                    ingest.release_series(self.db, outcomes, settle_seconds=settle, started_at=started_at)
             except Exception:
                 with self._lock:
                     self._unrecorded.extend(pending[n:])
