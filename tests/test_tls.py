@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from ainode.kit import free_port, wait_for
-from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require
+from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require, storescu
 from db.models import AuditEvent, Instance
 
 pytestmark = pytest.mark.slow
@@ -59,12 +59,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 @pytest.fixture()
 def node(tmp_path: Path, pki: PKI) -> Iterator[NodeProcess]:
     tls = free_port()
-    node = NodeProcess(tmp_path / "node", free_port(), workers=0, node_extra=f"""tls_port = {tls}
+    node = NodeProcess(tmp_path / "node", free_port(), workers=0, callers='["STORESCU", "MODALITY"]',
+                       node_extra=f"""tls_port = {tls}
 [node.tls]
 certificate = "{pki['node.crt']}"
 private_key = "{pki['node.key']}"
 ca_certificates = "{pki['ca.crt']}"
-require_client_certificate = true""")
+require_client_certificate = true
+[node.peers.modality]
+ae_title = "MODALITY"
+require_tls = true""")
     node.tls_port = tls  # type: ignore[attr-defined]
     try:
         yield node.serve()
@@ -104,6 +108,29 @@ def test_a_modality_with_a_certificate_of_the_hospital_is_served_over_tls(
                          for e in audit(node)), 10, "the TLS association was not audited")
     assert subprocess.run([require("echoscu"), "-aet", "STORESCU", "-aec", "AINODE", "127.0.0.1", str(node.port)],
                           env=DCMTK_ENV, capture_output=True, timeout=60).returncode == 0, "plain port beside it"
+
+
+def instances(node: NodeProcess) -> int:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return len(session.scalars(select(Instance)).all())
+    finally:
+        db.dispose()
+
+
+def test_a_peer_that_must_use_tls_stores_nothing_over_the_plain_port_though_it_is_an_allowed_caller(
+        node: NodeProcess, pki: PKI, small_series: PhantomSeries) -> None:
+    plain = storescu(node.port, small_series.paths[:2], calling="MODALITY")
+    assert plain.returncode != 0 and "Association Rejected" in plain.stderr, plain
+    assert instances(node) == 0, "stored over the plain port"
+    wait_for(lambda: any(e.outcome == "refused" and e.calling_ae_title == "MODALITY" and not e.tls and
+                         "'MODALITY' must call over TLS" in e.detail for e in audit(node)), 10,
+             "the plain refusal was not audited")
+    secure = storescu(node.tls_port, small_series.paths[:2], calling="MODALITY",  # type: ignore[attr-defined]
+                      extra=["+tls", pki["modality.key"], pki["modality.crt"], "+cf", pki["ca.crt"]])
+    assert secure.returncode == 0, secure.stderr
+    assert instances(node) == 2, "over TLS it stores"
 
 
 @pytest.mark.parametrize(("key", "cert", "ca", "why"), [
