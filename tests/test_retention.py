@@ -1,6 +1,8 @@
 """Retention on a real database and real files: a series done and delivered loses its files after
-keep_days, one with a failed job after keep_failed_days, one with a job running never; the rows stay,
-marked purged; a purged instance sent again is stored again; every purge is audited."""
+keep_days, one with a failed job after keep_failed_days, one with a job running or a delivery waiting
+never; the rows stay, marked purged; a purged instance sent again is stored again, and a purged series that
+receives again is retained anew; a purged job cannot be retried (the API, ``ainode retry`` and the status
+page say why); ``ainode purge --dry-run`` and ``ainode purge`` on the command line; every purge is audited."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from test_queue import MODELS, POLICY, ROUTE
 POLICY_KEEP = retention.RetentionPolicy(keep_days=7, keep_failed_days=30)
 
 
-def received(db: Database, root: Path, series: str, n: int = 2) -> list[Path]:
-    """``n`` instances of ``series`` on disk and recorded, the series settled into a job."""
+def received(db: Database, root: Path, series: str, n: int = 2, first: int = 0) -> list[Path]:
+    """``n`` instances of ``series`` (numbered from ``first``) on disk and recorded, the series settled into
+    a job."""
     t0 = utcnow() - dt.timedelta(minutes=5)
     paths = []
-    for k in range(n):
+    for k in range(first, first + n):
         relative = instance_path("1.2.3", series, f"{series}.{k}")
         write_atomic(root / relative, b"x" * 1000)
         ingest.record_instance(db, ingest.ReceivedInstance(
@@ -34,7 +37,7 @@ def received(db: Database, root: Path, series: str, n: int = 2) -> list[Path]:
     return paths
 
 
-def processed(db: Database, root: Path, succeed: bool) -> Path | None:
+def processed(db: Database, root: Path, succeed: bool, deliver: bool = True) -> Path | None:
     job = queue.claim(db, "w", POLICY, MODELS)
     assert job is not None
     if not succeed:
@@ -44,6 +47,8 @@ def processed(db: Database, root: Path, succeed: bool) -> Path | None:
     write_atomic(root / relative, b"s" * 500)
     queue.complete(db, job.id, "w", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", f"9.{job.id}", "9.9",
                                                       str(relative))], ["pacs"])
+    if not deliver:
+        return root / relative
     task = outbox.claim(db, "sender", outbox.DeliveryPolicy())
     assert task is not None
     outbox.delivered(db, task.id, 0)
@@ -97,3 +102,23 @@ def test_a_purged_instance_sent_again_is_stored_again(tmp_path: Path, database: 
         series = session.scalar(select(Series))
         assert (instance.size_bytes, instance.purged_at, series.state, series.purged_at) == (1200, None, "receiving",
                                                                                              None)
+
+
+def test_results_still_to_be_delivered_are_never_purged(tmp_path: Path, database: Database) -> None:
+    files = received(database, tmp_path, "1.2.3.1")
+    files.append(processed(database, tmp_path, succeed=True, deliver=False))  # type: ignore[arg-type]
+    in_a_year = utcnow() + dt.timedelta(days=365)
+    assert retention.purge(database, tmp_path, POLICY_KEEP, "test", now=in_a_year) == [], "a delivery pending"
+    at_once = outbox.DeliveryPolicy(backoff_seconds=0)
+    task = outbox.claim(database, "sender", at_once)
+    assert task is not None
+    assert retention.purge(database, tmp_path, POLICY_KEEP, "test", now=in_a_year) == [], "a delivery sending"
+    outbox.failed(database, task.id, "association rejected", at_once)
+    assert retention.purgeable(database, tmp_path, POLICY_KEEP, now=in_a_year) == [], "failed, so pending again"
+    assert all(p.exists() for p in files)
+    task = outbox.claim(database, "sender", at_once)
+    assert task is not None and task.path == str(files[-1].relative_to(tmp_path)), "its file is still there to send"
+    outbox.delivered(database, task.id, 0)
+    (purged,) = retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
+    assert purged.size_bytes == 2500 and not any(p.exists() for p in files), "delivered: then it goes"
+
