@@ -9,13 +9,17 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
+from ainode.status import StatusServer
 from db import ingest, outbox, queue, retention
 from db.engine import Database
-from db.models import AuditEvent, Instance, Result, Series, utcnow
+from db.errors import RejectedInput
+from db.models import AuditEvent, Instance, Job, Result, Series, utcnow
 from db.storage import instance_path, result_path, write_atomic
 from test_queue import MODELS, POLICY, ROUTE
+from test_status import retry as retry_from_the_page
 
 POLICY_KEEP = retention.RetentionPolicy(keep_days=7, keep_failed_days=30)
 
@@ -121,4 +125,24 @@ def test_results_still_to_be_delivered_are_never_purged(tmp_path: Path, database
     outbox.delivered(database, task.id, 0)
     (purged,) = retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
     assert purged.size_bytes == 2500 and not any(p.exists() for p in files), "delivered: then it goes"
+
+
+def test_a_purged_job_is_not_retried_and_the_operator_is_told_why(tmp_path: Path, database: Database) -> None:
+    received(database, tmp_path, "1.2.3.1")
+    processed(database, tmp_path, succeed=False)
+    assert retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=31))
+    with database.read() as session:
+        job_id = session.scalar(select(Job.id))
+    assert job_id is not None
+    with pytest.raises(RejectedInput, match="retention deleted the files of series 1.2.3.1 on .*send the series "
+                                            "again"):
+        queue.retry(database, job_id)
+    page = StatusServer(database, "127.0.0.1", 0, storage_root=tmp_path).start()
+    try:
+        status, _, body = retry_from_the_page(page, job_id)
+    finally:
+        page.stop()
+    assert status == 409 and "retention deleted the files of series 1.2.3.1" in body, (status, body)
+    with database.read() as session:
+        assert session.scalar(select(Job.state)) == "rejected", "still as it ended"
 
