@@ -146,3 +146,15 @@ def test_a_purged_job_is_not_retried_and_the_operator_is_told_why(tmp_path: Path
     with database.read() as session:
         assert session.scalar(select(Job.state)) == "rejected", "still as it ended"
 
+
+def test_a_purged_series_that_receives_a_new_instance_is_retained_again(tmp_path: Path, database: Database) -> None:
+    received(database, tmp_path, "1.2.3.1")
+    processed(database, tmp_path, succeed=True)
+    assert retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
+    (new,) = received(database, tmp_path, "1.2.3.1", n=1, first=2)  # an instance it never had
+    with database.read() as session:
+        assert session.scalar(select(Series.purged_at)) is None, "files again: retention must see the series"
+    result = processed(database, tmp_path, succeed=True)
+    (purged,) = retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
+    assert set(purged.files) == {str(new.relative_to(tmp_path)), str(result.relative_to(tmp_path))}  # type: ignore[union-attr]
+    assert not new.exists() and not result.exists()  # type: ignore[union-attr]
