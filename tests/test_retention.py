@@ -7,6 +7,9 @@ page say why); ``ainode purge --dry-run`` and ``ainode purge`` on the command li
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +161,48 @@ def test_a_purged_series_that_receives_a_new_instance_is_retained_again(tmp_path
     (purged,) = retention.purge(database, tmp_path, POLICY_KEEP, "test", now=utcnow() + dt.timedelta(days=8))
     assert set(purged.files) == {str(new.relative_to(tmp_path)), str(result.relative_to(tmp_path))}  # type: ignore[union-attr]
     assert not new.exists() and not result.exists()  # type: ignore[union-attr]
+
+
+def ainode(*args: str) -> subprocess.CompletedProcess[str]:
+    """The command line as an operator runs it: its own process, its own view of the database."""
+    return subprocess.run([sys.executable, "-m", "ainode.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+
+
+def test_ainode_purge_dry_run_lists_what_would_go_and_purge_deletes_it(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    db = Database(f"sqlite:///{root / 'ainode.db'}")
+    db.migrate()
+    done = received(db, root, "1.2.3.1")
+    done.append(processed(db, root, succeed=True))  # type: ignore[arg-type]
+    for path in done:
+        path.write_bytes(b"z" * 200_000)  # 0.6 MB in all
+    kept = received(db, root, "1.2.3.2")
+    processed(db, root, succeed=False)
+    config = tmp_path / "ainode.toml"
+    config.write_text(f'[storage]\nroot = "{root}"\n[retention]\nkeep_days = 0\nkeep_failed_days = 1000\n')
+
+    dry = ainode("purge", "--dry-run", "--config", str(config))
+    assert dry.returncode == 0, dry.stderr
+    assert "1.2.3.1: 3 files, 0.6 MB; done and delivered" in dry.stdout, dry.stdout
+    assert "would free 0.6 MB in 1 series" in dry.stdout and "1.2.3.2" not in dry.stdout, dry.stdout
+    assert all(p.exists() for p in done + kept), "a dry run deletes nothing"
+    with db.read() as session:
+        assert session.scalars(select(Series.purged_at)).all() == [None, None], "nor marks anything"
+        assert session.scalar(select(AuditEvent).where(AuditEvent.kind == "purge")) is None
+
+    real = ainode("purge", "--config", str(config))
+    assert real.returncode == 0, real.stderr
+    assert "1.2.3.1: 3 files, 0.6 MB; done and delivered" in real.stdout and "freed 0.6 MB in 1 series" in \
+        real.stdout, real.stdout
+    assert not any(p.exists() for p in done) and all(p.exists() for p in kept)
+    with db.read() as session:
+        assert session.scalar(select(Series.purged_at).where(Series.series_instance_uid == "1.2.3.1")) is not None
+        (event,) = session.scalars(select(AuditEvent).where(AuditEvent.kind == "purge"))
+        assert event.subject == "1.2.3.1" and event.actor.startswith("operator:"), (event.subject, event.actor)
+        job_id = session.scalar(select(Job.id).where(Job.state == "succeeded"))
+    assert "would free 0.0 MB in 0 series" in ainode("purge", "--dry-run", "--config", str(config)).stdout
+
+    again = ainode("retry", str(job_id), "--config", str(config))
+    assert again.returncode == 2 and "retention deleted the files of series 1.2.3.1" in again.stderr, again
+    db.dispose()
