@@ -14,7 +14,10 @@ from sqlalchemy import select
 
 from ainode.kit import free_port, wait_for
 from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require, storescu
-from db.models import AuditEvent, Instance
+from db import queue
+from db.models import AuditEvent, Delivery, Instance
+from db.storage import result_path, write_atomic
+from test_queue import MODELS, POLICY, settled_job
 
 pytestmark = pytest.mark.slow
 
@@ -200,6 +203,64 @@ private_key = "{pki['node.key']}"
             return [e for e in audit(node) if e.kind == "delivery" and e.outcome == "delivered"]
 
         wait_for(lambda: len(delivered()) == 2, 30, lambda: f"deliveries audited: {delivered()}")
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def a_result_to_deliver(node: NodeProcess, series: PhantomSeries) -> None:
+    """A finished job with one result (a real DICOM file) for the node's sender to deliver once it starts
+    (made before, so that the node's own settle loop does not take the series first)."""
+    db = node.database()
+    try:
+        db.migrate()
+        job_id = settled_job(db)
+        assert queue.claim(db, "test", POLICY, MODELS) is not None
+        relative = result_path("1.2.3", job_id, "SEG", "9.1")
+        write_atomic(node.storage_root / relative, series.paths[0].read_bytes())
+        queue.complete(db, job_id, "test", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", "9.9",
+                                                             str(relative))], ["pacs"])
+    finally:
+        db.dispose()
+
+
+def deliveries(node: NodeProcess) -> list[Delivery]:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return list(session.scalars(select(Delivery)))
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("pacs_identity", "present", "why"), [
+    ("intruder", True, "the PACS's certificate is of an authority the node does not trust"),
+    ("pacs", False, "the PACS requires a client certificate the node does not present"),
+])
+def test_a_delivery_whose_tls_handshake_fails_is_recorded_and_retried(
+        tmp_path: Path, pki: PKI, small_series: PhantomSeries, pacs_identity: str, present: bool, why: str) -> None:
+    # The PACS trusts both authorities for its callers (so that its start-up probe can echo it).
+    pacs = StoreSCP(tmp_path / "pacs", extra=["+tls", pki[f"{pacs_identity}.key"], pki[f"{pacs_identity}.crt"],
+                                              "+cf", pki["ca.crt"], "+cf", pki["rogue.crt"]]).start()
+    node = NodeProcess(tmp_path / "node", pacs.port, workers=0)
+    identity = f'certificate = "{pki["node.crt"]}"\nprivate_key = "{pki["node.key"]}"\n' if present else ""
+    node.config.write_text(node.config.read_text().replace('ae_title = "PACS"\n', f'''ae_title = "PACS"
+tls = true
+ca_certificates = "{pki['ca.crt']}"
+{identity}''', 1))
+    try:
+        a_result_to_deliver(node, small_series)
+        node.serve()
+        def failures() -> list[AuditEvent]:
+            return [e for e in audit(node) if e.kind == "delivery" and e.outcome == "failed"]
+
+        wait_for(lambda: len(failures()) >= 2, 60,
+                 lambda: f"{why}: not retried: {[(d.state, d.attempts, d.error) for d in deliveries(node)]}")
+        assert all("TLS handshake failed" in e.detail for e in failures()), [e.detail for e in failures()]
+        (delivery,) = deliveries(node)
+        assert delivery.state != "delivered" and delivery.delivered_at is None and delivery.attempts >= 2, why
+        assert "TLS handshake failed" in (delivery.error or ""), delivery.error
+        assert pacs.files() == [], why
     finally:
         node.stop()
         pacs.stop()
