@@ -1,6 +1,8 @@
 """Callers known by AE title and address, tested from test hosts in network namespaces of their own (veth
 pairs to the tests' namespace): a known AE title from an unknown address, an unknown AE title, and a caller
-that must use TLS but does not are refused at association, and each refusal is in the audit trail."""
+that must use TLS but does not are refused at association, and each refusal is in the audit trail. The
+restricted peers' AE titles are also in ``allowed_calling_ae_titles`` (as "ORTHANC" is by default): the peer
+entries alone decide for a title they name."""
 
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
 from ainode.kit import free_port, wait_for
-from conftest import DCMTK_ENV, NodeProcess, require
-from db.models import AuditEvent
+from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, require
+from db.models import AuditEvent, Instance
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip", path="/usr/sbin:/usr/bin") is None,
@@ -32,6 +35,11 @@ class Host:
         result = subprocess.run(["ip", "netns", "exec", self.name, require("echoscu"), "-aet", calling, "-aec",
                                  "AINODE", f"{NET}.1", str(port)], env=DCMTK_ENV, capture_output=True, timeout=60)
         return result.returncode == 0
+
+    def store(self, port: int, calling: str, paths: list[Path]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["ip", "netns", "exec", self.name, require("storescu"), "-aet", calling, "-aec",
+                               "AINODE", f"{NET}.1", str(port), *map(str, paths)], env=DCMTK_ENV,
+                              capture_output=True, text=True, timeout=120)
 
 
 def _ip(*args: str) -> None:
@@ -69,7 +77,8 @@ def hosts() -> Iterator[tuple[Host, Host]]:
 
 @pytest.fixture(scope="module")
 def node(hosts: tuple[Host, Host], tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(tmp_path_factory.mktemp("peers"), free_port(), workers=0, callers='["STORESCU"]',
+    node = NodeProcess(tmp_path_factory.mktemp("peers"), free_port(), workers=0,
+                       callers='["STORESCU", "PACS", "SECURE"]',
                        node_extra=f"""[node.peers.pacs]
 ae_title = "PACS"
 addresses = ["{hosts[0].address}"]
@@ -119,3 +128,24 @@ def test_an_unknown_caller_and_a_plain_caller_that_must_use_tls_are_refused_and_
              lambda: f"refusals not audited: {[(e.calling_ae_title, e.detail) for e in refusals(node)]}")
     intruder = [e for e in refusals(node) if e.calling_ae_title == "INTRUDER"]
     assert len(intruder) == 1 and intruder[0].count == 2, "refusals of the same caller within a minute share a row"
+
+
+def stored(node: NodeProcess, series: PhantomSeries) -> int:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return len(session.scalars(select(Instance).where(
+                Instance.sop_instance_uid.in_(series.sop_instance_uids))).all())
+    finally:
+        db.dispose()
+
+
+def test_a_peer_listed_as_an_allowed_caller_too_stores_nothing_from_another_address(
+        hosts: tuple[Host, Host], node: NodeProcess, small_series: PhantomSeries) -> None:
+    a, b = hosts
+    refused = b.store(node.port, "PACS", small_series.paths[:2])
+    assert refused.returncode != 0 and "Association Rejected" in refused.stderr, refused
+    assert stored(node, small_series) == 0, "stored from an address the peer entry does not list"
+    sent = a.store(node.port, "PACS", small_series.paths[:2])
+    assert sent.returncode == 0, sent.stderr
+    assert stored(node, small_series) == 2, "its own address still stores"

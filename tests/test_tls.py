@@ -13,8 +13,11 @@ import pytest
 from sqlalchemy import select
 
 from ainode.kit import free_port, wait_for
-from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require
-from db.models import AuditEvent, Instance
+from conftest import DCMTK_ENV, NodeProcess, PhantomSeries, StoreSCP, require, storescu
+from db import queue
+from db.models import AuditEvent, Delivery, Instance
+from db.storage import result_path, write_atomic
+from test_queue import MODELS, POLICY, settled_job
 
 pytestmark = pytest.mark.slow
 
@@ -59,12 +62,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
 @pytest.fixture()
 def node(tmp_path: Path, pki: PKI) -> Iterator[NodeProcess]:
     tls = free_port()
-    node = NodeProcess(tmp_path / "node", free_port(), workers=0, node_extra=f"""tls_port = {tls}
+    node = NodeProcess(tmp_path / "node", free_port(), workers=0, callers='["STORESCU", "MODALITY"]',
+                       node_extra=f"""tls_port = {tls}
 [node.tls]
 certificate = "{pki['node.crt']}"
 private_key = "{pki['node.key']}"
 ca_certificates = "{pki['ca.crt']}"
-require_client_certificate = true""")
+require_client_certificate = true
+[node.peers.modality]
+ae_title = "MODALITY"
+require_tls = true""")
     node.tls_port = tls  # type: ignore[attr-defined]
     try:
         yield node.serve()
@@ -106,6 +113,29 @@ def test_a_modality_with_a_certificate_of_the_hospital_is_served_over_tls(
                           env=DCMTK_ENV, capture_output=True, timeout=60).returncode == 0, "plain port beside it"
 
 
+def instances(node: NodeProcess) -> int:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return len(session.scalars(select(Instance)).all())
+    finally:
+        db.dispose()
+
+
+def test_a_peer_that_must_use_tls_stores_nothing_over_the_plain_port_though_it_is_an_allowed_caller(
+        node: NodeProcess, pki: PKI, small_series: PhantomSeries) -> None:
+    plain = storescu(node.port, small_series.paths[:2], calling="MODALITY")
+    assert plain.returncode != 0 and "Association Rejected" in plain.stderr, plain
+    assert instances(node) == 0, "stored over the plain port"
+    wait_for(lambda: any(e.outcome == "refused" and e.calling_ae_title == "MODALITY" and not e.tls and
+                         "'MODALITY' must call over TLS" in e.detail for e in audit(node)), 10,
+             "the plain refusal was not audited")
+    secure = storescu(node.tls_port, small_series.paths[:2], calling="MODALITY",  # type: ignore[attr-defined]
+                      extra=["+tls", pki["modality.key"], pki["modality.crt"], "+cf", pki["ca.crt"]])
+    assert secure.returncode == 0, secure.stderr
+    assert instances(node) == 2, "over TLS it stores"
+
+
 @pytest.mark.parametrize(("key", "cert", "ca", "why"), [
     ("intruder.key", "intruder.crt", "ca.crt", "a certificate of another authority"),
     (None, None, "ca.crt", "no client certificate where one is required"),
@@ -122,18 +152,32 @@ def test_a_caller_without_the_right_certificates_is_refused(node: NodeProcess, p
                     pki["ca.crt"]).returncode == 0, "still serving"
 
 
-@pytest.mark.parametrize("version", ["-tls1", "-tls1_1"])
-def test_tls_1_0_and_1_1_are_refused_while_1_2_is_accepted(node: NodeProcess, pki: PKI, version: str) -> None:
-    def handshake(flag: str) -> str:
-        result = subprocess.run([require("openssl"), "s_client", "-connect", f"127.0.0.1:{node.tls_port}",  # type: ignore[attr-defined]
-                                 flag, "-cipher", "DEFAULT@SECLEVEL=0", "-cert", pki["modality.crt"], "-key",
-                                 pki["modality.key"], "-CAfile", pki["ca.crt"]], input="", capture_output=True,
-                                text=True, timeout=60)
-        return result.stdout + result.stderr
+def handshake(port: int, pki: PKI, version: str) -> tuple[int, str]:
+    """openssl s_client's return code and transcript (-msg: what each side sent). SECLEVEL=0 lets this
+    OpenSSL really offer TLS 1.0 and 1.1, which its default level forbids before a byte is sent."""
+    result = subprocess.run([require("openssl"), "s_client", "-connect", f"127.0.0.1:{port}", version, "-cipher",
+                             "DEFAULT@SECLEVEL=0", "-msg", "-cert", pki["modality.crt"], "-key", pki["modality.key"],
+                             "-CAfile", pki["ca.crt"]], input="", capture_output=True, text=True, timeout=60)
+    return result.returncode, result.stdout + result.stderr
 
-    old = handshake(version)
-    assert "Cipher is (NONE)" in old or "alert protocol version" in old or "no protocols available" in old, old
-    assert "Protocol  : TLSv1.2" in handshake("-tls1_2") or "TLSv1.2" in handshake("-tls1_2")
+
+@pytest.mark.parametrize(("version", "name"), [("-tls1", "TLS 1.0"), ("-tls1_1", "TLS 1.1")])
+def test_tls_1_0_and_1_1_are_refused_while_1_2_is_accepted(node: NodeProcess, pki: PKI, version: str,
+                                                           name: str) -> None:
+    port = node.tls_port  # type: ignore[attr-defined]
+    code, old = handshake(port, pki, version)
+    if "no protocols available" in old:
+        pytest.skip(f"this OpenSSL cannot offer {name} even at SECLEVEL=0, so the node's refusal cannot be tested")
+    assert f">>> {name}, Handshake" in old and "ClientHello" in old, f"the client did not offer {name}:\n{old}"
+    assert code != 0 and "Cipher is (NONE)" in old, f"{name} was accepted:\n{old}"
+    assert "<<< " in old and "protocol_version" in old, f"the node did not refuse the version:\n{old}"
+    wait_for(lambda: any(e.outcome == "refused" and e.tls and e.detail == "TLS handshake failed: UNSUPPORTED_PROTOCOL"
+                         for e in audit(node)), 10,
+             lambda: f"the refused {name} handshake was not audited: {[e.detail for e in audit(node)]}")
+
+    code, new = handshake(port, pki, "-tls1_2")
+    assert code == 0 and "Protocol  : TLSv1.2" in new and "Cipher is (NONE)" not in new, new
+    assert tls_echo(port, pki["modality.key"], pki["modality.crt"], pki["ca.crt"]).returncode == 0, "still serving"
 
 
 def test_results_are_delivered_over_tls_to_a_pacs_that_requires_it(tmp_path: Path, pki: PKI,
@@ -159,6 +203,64 @@ private_key = "{pki['node.key']}"
             return [e for e in audit(node) if e.kind == "delivery" and e.outcome == "delivered"]
 
         wait_for(lambda: len(delivered()) == 2, 30, lambda: f"deliveries audited: {delivered()}")
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def a_result_to_deliver(node: NodeProcess, series: PhantomSeries) -> None:
+    """A finished job with one result (a real DICOM file) for the node's sender to deliver once it starts
+    (made before, so that the node's own settle loop does not take the series first)."""
+    db = node.database()
+    try:
+        db.migrate()
+        job_id = settled_job(db)
+        assert queue.claim(db, "test", POLICY, MODELS) is not None
+        relative = result_path("1.2.3", job_id, "SEG", "9.1")
+        write_atomic(node.storage_root / relative, series.paths[0].read_bytes())
+        queue.complete(db, job_id, "test", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", "9.9",
+                                                             str(relative))], ["pacs"])
+    finally:
+        db.dispose()
+
+
+def deliveries(node: NodeProcess) -> list[Delivery]:
+    db = node.database()
+    try:
+        with db.read() as session:
+            return list(session.scalars(select(Delivery)))
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize(("pacs_identity", "present", "why"), [
+    ("intruder", True, "the PACS's certificate is of an authority the node does not trust"),
+    ("pacs", False, "the PACS requires a client certificate the node does not present"),
+])
+def test_a_delivery_whose_tls_handshake_fails_is_recorded_and_retried(
+        tmp_path: Path, pki: PKI, small_series: PhantomSeries, pacs_identity: str, present: bool, why: str) -> None:
+    # The PACS trusts both authorities for its callers (so that its start-up probe can echo it).
+    pacs = StoreSCP(tmp_path / "pacs", extra=["+tls", pki[f"{pacs_identity}.key"], pki[f"{pacs_identity}.crt"],
+                                              "+cf", pki["ca.crt"], "+cf", pki["rogue.crt"]]).start()
+    node = NodeProcess(tmp_path / "node", pacs.port, workers=0)
+    identity = f'certificate = "{pki["node.crt"]}"\nprivate_key = "{pki["node.key"]}"\n' if present else ""
+    node.config.write_text(node.config.read_text().replace('ae_title = "PACS"\n', f'''ae_title = "PACS"
+tls = true
+ca_certificates = "{pki['ca.crt']}"
+{identity}''', 1))
+    try:
+        a_result_to_deliver(node, small_series)
+        node.serve()
+        def failures() -> list[AuditEvent]:
+            return [e for e in audit(node) if e.kind == "delivery" and e.outcome == "failed"]
+
+        wait_for(lambda: len(failures()) >= 2, 60,
+                 lambda: f"{why}: not retried: {[(d.state, d.attempts, d.error) for d in deliveries(node)]}")
+        assert all("TLS handshake failed" in e.detail for e in failures()), [e.detail for e in failures()]
+        (delivery,) = deliveries(node)
+        assert delivery.state != "delivered" and delivery.delivered_at is None and delivery.attempts >= 2, why
+        assert "TLS handshake failed" in (delivery.error or ""), delivery.error
+        assert pacs.files() == [], why
     finally:
         node.stop()
         pacs.stop()

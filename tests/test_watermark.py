@@ -1,6 +1,7 @@
 """A disk that never fills: below the free-space watermark the node refuses new associations (transient)
 and answers C-STOREs 0xA700 before writing anything; /healthz, the status page and `ainode jobs` say so;
-receiving resumes by itself when space returns. The storage root is a small tmpfs (needs root)."""
+receiving resumes by itself when space returns. The refusal is checked on the A-ASSOCIATE-RJ itself (rejected
+transient, temporary congestion), the page by fetching it. The storage root is a small tmpfs (needs root)."""
 
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         subprocess.run(["umount", "-l", str(storage)], check=False)
 
 
-def health(node: NodeProcess) -> tuple[int, str]:
+def health(node: NodeProcess, path: str = "/healthz") -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.status_port}/healthz", timeout=10) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.status_port}{path}", timeout=10) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -60,14 +61,21 @@ def test_below_the_watermark_nothing_is_taken_and_it_says_so_until_space_returns
         open_before.release()
         refused = ae.associate("127.0.0.1", node.port, ae_title="AINODE")
         assert refused.is_rejected, "a new association is refused while the disk is low"
+        answer = refused.acceptor.primitive  # the A-ASSOCIATE-RJ as it came
+        assert answer is not None, "no A-ASSOCIATE-RJ"
+        assert (answer.result_str, answer.source_str) == ("Rejected Transient", "Service Provider (Presentation)") \
+            and "temporary congestion" in answer.reason_str.lower(), (answer.result_str, answer.reason_str)
         code, text = health(node)
         assert code == 503 and "not taking data" in text and "GiB" in text
+        code, page = health(node, "/")
+        assert code == 200 and "The node takes no data: only" in page and "GiB" in page, page[:2000]
         listing = CliRunner().invoke(app, ["jobs", "--config", str(node.config)])
         assert "The node takes no data" in listing.output
     finally:
         filler.unlink()
     wait_for(lambda: echoscu(node.port, "AINODE"), 10, "receiving did not resume when space returned")
     assert health(node)[0] == 200
+    assert "The node takes no data" not in health(node, "/")[1], "the page's notice goes with the shortage"
     again = ae.associate("127.0.0.1", node.port, ae_title="AINODE")
     assert again.send_c_store(small_series.paths[0]).Status == 0
     again.release()

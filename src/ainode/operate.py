@@ -11,7 +11,7 @@ import typer
 from sqlalchemy import select
 
 from ainode.app import ConfigOption, app, console, describe_models, fail, load, opened
-from db.errors import ConfigurationError
+from db.errors import ConfigurationError, RejectedInput
 from db.routing import SettledSeries
 
 
@@ -50,7 +50,10 @@ def retry(job_id: Annotated[int, typer.Argument(help="Job id")], config: ConfigO
     from db import queue
 
     with opened(config) as (settings, db):
-        requeued = queue.retry(db, job_id, settings.queue.max_attempts, by=f"operator:{getpass.getuser()}")
+        try:
+            requeued = queue.retry(db, job_id, settings.queue.max_attempts, by=f"operator:{getpass.getuser()}")
+        except RejectedInput as exc:
+            fail(str(exc))
     if not requeued:
         fail(f"job {job_id} does not exist or is still queued or running")
     console.print(f"job {job_id} queued again")

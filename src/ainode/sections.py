@@ -239,7 +239,7 @@ class RetentionSection(_Section):
 
     enabled: bool = True
     keep_days: float = Field(7.0, ge=0)  # after every job ended and every delivery succeeded
-    keep_failed_days: float = Field(30.0, ge=0)  # failed, rejected, not routed or undelivered: kept to inspect
+    keep_failed_days: float = Field(30.0, ge=0)  # failed, rejected or not routed: kept to inspect
     check_minutes: float = Field(60.0, gt=0)
 
 

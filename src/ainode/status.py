@@ -28,6 +28,7 @@ from ainode import exporter, pages
 from ainode.access import Access
 from db import audit, monitor, overview, queue
 from db.engine import Database
+from db.errors import RejectedInput
 from db.models import utcnow
 from db.storage import Watermark
 
@@ -178,7 +179,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _retry(self, job_id: int) -> None:
         db = self.server.database
         who = f"status-page:{self.server.access.username}@{self.client_address[0]}"
-        if queue.retry(db, job_id, self.server.retry_attempts, by=who):
+        try:
+            requeued = queue.retry(db, job_id, self.server.retry_attempts, by=who)
+        except RejectedInput as exc:
+            self._text(409, str(exc))
+            return
+        if requeued:
             log.info("job %d queued again from the status page (request from %s)", job_id, self.client_address[0])
             self._send(303, b"", _TEXT, Location=f"/?retried={job_id}#failed")
             return

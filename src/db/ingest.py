@@ -67,7 +67,8 @@ def record_instance(db: Database, item: ReceivedInstance, now: dt.datetime | Non
         with db.transaction() as session:
             series_id = session.scalar(
                 update(Series).where(Series.series_instance_uid == item.series_instance_uid)
-                .values(state=SeriesState.RECEIVING, instance_count=Series.instance_count + 1, last_received_at=now)
+                .values(state=SeriesState.RECEIVING, instance_count=Series.instance_count + 1, last_received_at=now,
+                        purged_at=None)  # a purged series that receives again has files retention must see
                 .returning(Series.id)
             )
             if series_id is None:

@@ -262,12 +262,20 @@ def fail(db: Database, job_id: int, worker: str, reason: str, policy: QueuePolic
 
 def retry(db: Database, job_id: int, max_attempts: int | None = None, by: str = "operator") -> bool:
     """Put a finished job back in the queue now, with a fresh set of attempts (``ainode retry``); ``by``
-    names who asked, for the audit trail."""
+    names who asked, for the audit trail. False if there is no such job or it has not finished; a job whose
+    series retention purged raises ``RejectedInput`` with why (it would run on no files)."""
+    from db.errors import RejectedInput
+
     now = utcnow()
     with db.transaction() as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state not in FINAL_JOB_STATES:
             return False
+        series = session.get(Series, job.series_id)
+        if series is not None and series.purged_at is not None:
+            raise RejectedInput(f"job {job_id} cannot be queued again: retention deleted the files of series "
+                                f"{series.series_instance_uid} on {series.purged_at:%Y-%m-%d %H:%M} UTC; "
+                                "send the series again to process it")
         previous = job.state
         job.max_attempts = job.attempts + (max_attempts or job.max_attempts)
         job.state, job.not_before, job.finished_at = JobState.QUEUED, now, None

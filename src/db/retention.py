@@ -4,7 +4,7 @@ results) go a while after everything is done with them; the rows stay as the rec
 Done means every job of the series ended and every delivery of their results succeeded (or was withdrawn):
 then ``keep_days``. A series with a failed or rejected job, or that no model took, is kept longer for
 inspection (``keep_failed_days``), unless an operator retries it. A series with a job queued or running,
-or still receiving, is never purged.
+a delivery still to send, or still receiving, is never purged.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from db.states import DeliveryState, JobState, SeriesState
 
 log = logging.getLogger("ainode.retention")
 
-_DONE_DELIVERIES = (DeliveryState.DELIVERED, DeliveryState.WITHDRAWN)
+_WAITING_DELIVERIES = (DeliveryState.PENDING, DeliveryState.SENDING)
 
 
 @dataclass(frozen=True)
@@ -45,15 +45,16 @@ def _verdict(series: Series, jobs: list[Job], policy: RetentionPolicy, now: dt.d
     if series.state == SeriesState.RECEIVING or any(not JobState(j.state).final for j in jobs):
         return None
     results = [r for j in jobs for r in j.results]
-    delivered = all(d.state in _DONE_DELIVERIES for r in results for d in r.deliveries)
-    clean = delivered and all(j.state in (JobState.SUCCEEDED, JobState.SUPERSEDED) for j in jobs) and jobs
+    if any(d.state in _WAITING_DELIVERIES for r in results for d in r.deliveries):
+        return None  # a delivery retries until it succeeds: its files must still be there to send
+    clean = all(j.state in (JobState.SUCCEEDED, JobState.SUPERSEDED) for j in jobs) and jobs
     ends = [j.finished_at for j in jobs if j.finished_at] + [d.delivered_at for r in results for d in r.deliveries
                                                               if d.delivered_at]
     last = max(ends, default=series.released_at or series.last_received_at)
     days = policy.keep_days if clean else policy.keep_failed_days
     if now - last < dt.timedelta(days=days):
         return None
-    why = "done and delivered" if clean else "ended failed, rejected, not routed or undelivered"
+    why = "done and delivered" if clean else "ended failed, rejected or not routed"
     return f"{why} {(now - last).total_seconds() / 86400:.1f} days ago (kept {days:g} days)"
 
 

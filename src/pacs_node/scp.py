@@ -50,7 +50,7 @@ class ReceiverConfig:
     ae_title: str
     bind_address: str
     port: int  # plain DICOM; 0: none
-    allowed_calling_ae_titles: tuple[str, ...]  # from any address, with or without TLS
+    allowed_calling_ae_titles: tuple[str, ...]  # from any address, with or without TLS, unless a peer names it
     storage_root: Path
     limits: GuardConfig = field(default_factory=GuardConfig)
     peers: tuple[Peer, ...] = ()  # callers known by address and transport as well
@@ -60,7 +60,11 @@ class ReceiverConfig:
 
     @property
     def callers(self) -> tuple[Peer, ...]:
-        return self.peers + tuple(Peer(title, title) for title in self.allowed_calling_ae_titles)
+        """A peer entry governs its AE title alone: the plain list only adds titles no peer names, else the
+        default list (which has "ORTHANC") would let a restricted peer call from anywhere without TLS."""
+        named = {peer.ae_title for peer in self.peers}
+        return self.peers + tuple(Peer(title, title) for title in self.allowed_calling_ae_titles
+                                  if title not in named)
 
 
 class Receiver:
