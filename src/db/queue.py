@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from db import superseding
 from db.backoff import Backoff
 from db.engine import Database
+from db.errors import RejectedInput
 from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
 from db.routing import Router, SettledSeries
 from db.states import FINAL_JOB_STATES, DeliveryState, JobState, SeriesState
@@ -264,8 +265,6 @@ def retry(db: Database, job_id: int, max_attempts: int | None = None, by: str = 
     """Put a finished job back in the queue now, with a fresh set of attempts (``ainode retry``); ``by``
     names who asked, for the audit trail. False if there is no such job or it has not finished; a job whose
     series retention purged raises ``RejectedInput`` with why (it would run on no files)."""
-    from db.errors import RejectedInput
-
     now = utcnow()
     with db.transaction() as session:
         job = session.get(Job, job_id, with_for_update=True)
