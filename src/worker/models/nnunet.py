@@ -22,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from db.errors import ConfigurationError, RejectedInput
-from worker.models.nnunet_spec import NnUNetSpec, read_json
+from worker.models.nnunet_spec import NnUNetSpec
 from worker.models.runtime import ModelOutput, choose_device
+from worker.models.spec import read_json
 
 # plans.json image_reader_writer values, and the orientation each puts a volume in before nnU-Net sees it
 # (None: the array as stored). The *WithReorient readers use RAS: i→Right, j→Anterior, k→Superior,
@@ -75,8 +76,8 @@ class NnUNetRuntime:
         if threads:
             torch.set_num_threads(threads)
         folder = spec.folder
-        self.dataset = read_json(folder / "dataset.json", folder)
-        self.plans = read_json(folder / "plans.json", folder)
+        self.dataset = read_json(folder, "dataset.json", "nnU-Net model")
+        self.plans = read_json(folder, "plans.json", "nnU-Net model")
         loaded = []
         for path in spec.weight_files():
             try:
