@@ -30,7 +30,7 @@ from monai.transforms import Compose, Decollated, LoadImaged, SaveImage, SaveIma
 from db.errors import AinodeError, ConfigurationError
 from worker.models.bundle_io import InMemoryLoad, grid_from_affine, same_grid
 from worker.models.bundle_spec import METADATA, BundleSpec, checkpoint_in
-from worker.models.runtime import ModelOutput, choose_device
+from worker.models.runtime import ModelOutput, torch_device
 from worker.models.spec import read_json
 
 IN_MEMORY = "ainode-in-memory-image"  # the "file name" LoadImaged sees
@@ -64,9 +64,7 @@ class BundleRuntime:
 
     def __init__(self, spec: BundleSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
-        self.device = choose_device(device, torch.cuda.is_available())
-        if threads:
-            torch.set_num_threads(threads)
+        self.device = torch_device(device, threads)
         try:
             self._load()
         except AinodeError:
