@@ -266,3 +266,35 @@ def test_segments_are_numbered_from_one_and_undescribed_values_left_out(small_se
     uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]
     mask = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], assert_missing_frames_are_empty=True)
     np.testing.assert_array_equal(mask[..., 0] > 0, truth == kept)
+
+
+def test_encoding_leaves_the_source_headers_unchanged(tmp_path: Path) -> None:
+    """Merged frames of reference and a shared orientation are written on copies: the volume's own
+    headers (read again by later stages and by the rejection note) keep what the files say."""
+    import pydicom
+
+    from conftest import phantom_series
+
+    series = phantom_series(tmp_path / "src", seed=42, matrix=64, slice_thickness=5.0)
+    for k, path in enumerate(series.paths):
+        ds = pydicom.dcmread(path)
+        ds.FrameOfReferenceUID = f"{ds.FrameOfReferenceUID}.{k % 2}"
+        if k % 2:
+            ds.ImageOrientationPatient = [f"{v + 1e-6:.7f}" for v in ds.ImageOrientationPatient]
+        ds.save_as(path)
+    spec = two_label_spec(tmp_path)
+    volume = assemble(series.paths, spec.min_slices)
+    before = [{e.tag: (e.VR, e.value) for e in ds} for ds in volume.datasets]
+    chosen = f"{series.identity.frame_of_reference_uid}.0"
+    sources = source_headers(volume, chosen)
+    identity = result_identity(spec, "digest", volume.sop_instance_uids)
+    findings = find(volume, with_lesion(series.case.labels), spec)
+    seg = build_seg(volume, sources, findings, spec, identity, OutputSettings())
+    build_sr(sources, findings, seg, spec, identity, OutputSettings())
+    assert {s.FrameOfReferenceUID for s in sources} == {chosen}
+    assert len({tuple(s.ImageOrientationPatient) for s in sources}) == 1
+    after = [{e.tag: (e.VR, e.value) for e in ds} for ds in volume.datasets]
+    changed = [(k, tag) for k, (b, a) in enumerate(zip(before, after)) for tag in b.keys() | a.keys()
+               if b.get(tag) != a.get(tag)]
+    assert changed == [], "the source headers were changed by encoding"
+    assert len({str(ds.FrameOfReferenceUID) for ds in volume.datasets}) == 2

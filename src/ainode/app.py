@@ -71,10 +71,17 @@ def database_for(settings: Settings) -> Database:
 def opened(config: Optional[Path]) -> Iterator[tuple[Settings, Database]]:
     """Settings and the database, migrated; what every command that reads or writes the queue starts with."""
     settings = load(config)
+    with migrated(settings) as db:
+        yield settings, db
+
+
+@contextmanager
+def migrated(settings: Settings) -> Iterator[Database]:
+    """The database of settings already loaded, migrated, and closed afterwards."""
     db = database_for(settings)
     try:
         migrate_patiently(db)
-        yield settings, db
+        yield db
     finally:
         db.dispose()
 

@@ -16,6 +16,8 @@ from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Comprehensive3DSRStorage, SegmentationStorage, Verification
 
+from pacs_node.status import SUCCESS
+
 SENDER_AE = "AINODE-DEMO"
 PACS_AE = "DEMO-PACS"
 
@@ -64,7 +66,7 @@ class StandInPacs:
         path.write_bytes(event.encoded_dataset())
         with self._lock:
             self.received[str(event.dataset.Modality)] = path
-        return 0x0000
+        return SUCCESS
 
     def modalities(self) -> dict[str, Path]:
         with self._lock:

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from sqlalchemy import select
 
-from ainode.app import ConfigOption, app, console, describe_models, fail, load, opened
+from ainode.app import ConfigOption, app, console, describe_models, fail, load, migrated, opened
 from db.errors import ConfigurationError, RejectedInput
 from db.routing import SettledSeries
 
@@ -146,7 +146,7 @@ def explain(target: Annotated[str, typer.Argument(help="A stored series' Series 
     if Path(target).is_dir():
         found = _series_in_folder(Path(target), calling)
     else:
-        with opened(config) as (_, db), db.read() as session:
+        with migrated(settings) as db, db.read() as session:
             row = session.scalar(select(Series).where(Series.series_instance_uid == target))
             if row is None:
                 fail(f"there is no stored series {target} (or give a folder of DICOM files)")

@@ -13,6 +13,7 @@ OUT_OF_RESOURCES = 0xA700
 DATASET_DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 UNABLE_TO_PROCESS = 0xC211
+UNSPECIFIED_FAILURE = 0xC000  # a failure that names no reason: the start of the "cannot understand" range
 
 # A peer that answers one of these holds the object (the warnings say it changed or dropped something).
 STORED = frozenset({SUCCESS, COERCION_OF_DATA_ELEMENTS, ELEMENTS_DISCARDED, DATASET_DOES_NOT_MATCH_WARNING})

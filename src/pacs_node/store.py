@@ -4,12 +4,16 @@ left on disk, and the write that follows cannot fail on the dataset's content.""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from db import ingest
 from db.sop_classes import VOLUME_IMAGE_STORAGE
 from db.storage import check_uid
+
+_N = TypeVar("_N", int, float)
 
 
 class BadDataset(ValueError):
@@ -29,10 +33,12 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
         raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
 
 
-def _int(ds: Dataset, keyword: str) -> int | None:
+def _number(ds: Dataset, keyword: str, kind: type[_N]) -> _N | None:
+    """A numeric attribute the database keeps: absent or not a number is None (the database keeps no
+    value), but an element pydicom cannot decode is refused by name."""
     try:
         value = ds.get(keyword)
-        return None if value in (None, "") else int(value)
+        return None if value in (None, "") else kind(value)
     except (TypeError, ValueError):
         return None
     except Exception as exc:
@@ -57,7 +63,7 @@ def _check_pixel_data(ds: Dataset, transfer_syntax: UID, sop_class_uid: str) -> 
         if len(pixel_data) < 8 or pixel_data[:4] != b"\xfe\xff\x00\xe0":
             raise BadDataset("encapsulated Pixel Data does not start with a Basic Offset Table item")
         return
-    frames = _int(ds, "NumberOfFrames") or 1
+    frames = _number(ds, "NumberOfFrames", int) or 1
     expected = ds.Rows * ds.Columns * ds.SamplesPerPixel * frames * ds.BitsAllocated // 8
     if len(pixel_data) < expected:
         raise BadDataset(f"Pixel Data is truncated: {len(pixel_data)} bytes, {expected} expected")
@@ -67,16 +73,6 @@ def series_of(ds: Dataset) -> tuple[str, str]:
     """Study and Series Instance UIDs, checked: what a request is about, found first."""
     return check_uid(ds.get("StudyInstanceUID"), "StudyInstanceUID"), \
         check_uid(ds.get("SeriesInstanceUID"), "SeriesInstanceUID")
-
-
-def _float(ds: Dataset, keyword: str) -> float | None:
-    try:
-        value = ds.get(keyword)
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
-    except Exception as exc:
-        raise BadDataset(f"{keyword} cannot be decoded: {exc}") from exc
 
 
 def _texts(ds: Dataset, keyword: str, limit: int) -> str:
@@ -108,8 +104,8 @@ def check(ds: Dataset, affected_sop_instance_uid: object, affected_sop_class_uid
         path="", size_bytes=0, calling_ae_title="",
         patient_id=_text(ds, "PatientID", 64), patient_name=_text(ds, "PatientName", 324),
         study_date=_text(ds, "StudyDate", 8), accession_number=_text(ds, "AccessionNumber", 16),
-        study_description=_text(ds, "StudyDescription", 64), series_number=_int(ds, "SeriesNumber"),
-        series_description=_text(ds, "SeriesDescription", 64), instance_number=_int(ds, "InstanceNumber"),
+        study_description=_text(ds, "StudyDescription", 64), series_number=_number(ds, "SeriesNumber", int),
+        series_description=_text(ds, "SeriesDescription", 64), instance_number=_number(ds, "InstanceNumber", int),
         body_part_examined=_text(ds, "BodyPartExamined", 16), protocol_name=_text(ds, "ProtocolName", 64),
         image_type=_texts(ds, "ImageType", 128), manufacturer=_text(ds, "Manufacturer", 64),
-        slice_thickness=_float(ds, "SliceThickness"))
+        slice_thickness=_number(ds, "SliceThickness", float))

@@ -11,7 +11,7 @@ from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
 from db.errors import PeerFailure
-from pacs_node.status import COERCION_OF_DATA_ELEMENTS, SUCCESS
+from pacs_node.status import COERCION_OF_DATA_ELEMENTS, SUCCESS, UNSPECIFIED_FAILURE
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,6 @@ class StowDestination:
         failed = [item for item in answer.get("FailedSOPSequence", [])
                   if item.get("ReferencedSOPInstanceUID") == dataset.SOPInstanceUID]
         if failed:
-            return int(failed[0].get("FailureReason", 0xC000))
+            return int(failed[0].get("FailureReason", UNSPECIFIED_FAILURE))
         warned = answer.get("WarningReason")
         return COERCION_OF_DATA_ELEMENTS if warned is not None else SUCCESS

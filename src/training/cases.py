@@ -15,6 +15,7 @@ import SimpleITK as sitk
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from scipy import ndimage
 
+from db.storage import write_atomic
 from training.nifti import CasePair, read_case
 from training.phantom import PhantomCase, make_case
 from worker.models.grid import image_from_array, labels_to_model_space, to_model_space
@@ -96,10 +97,7 @@ def _cached(cache: Path | None, name: str, key: str) -> tuple[Path | None, Prepa
 
 def _store(path: Path | None, case: PreparedCase) -> None:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial.npz")
-        np.savez(partial, kind=case.kind, image=case.image, labels=case.labels)
-        partial.replace(path)
+        write_atomic(path, lambda fh: np.savez(fh, kind=case.kind, image=case.image, labels=case.labels))
 
 
 def prepare_real(pairs: list[CasePair], spec: UNetSpec, cache: Path | None = None) -> list[PreparedCase]:

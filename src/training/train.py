@@ -21,6 +21,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceFocalLoss
 
+from db.storage import write_atomic
 from training.augment import Augmentation, sample_patch
 from training.cases import PreparedCase, progress
 from training.metrics import dice
@@ -162,10 +163,8 @@ def train(spec: UNetSpec, out: Path, real: list[PreparedCase], phantoms: list[Pr
 def _save_checkpoint(path: Path, network: torch.nn.Module, optimiser: torch.optim.Optimizer,
                      schedule: torch.optim.lr_scheduler.LRScheduler, rng: np.random.Generator, plan: TrainingPlan,
                      names: list[str], step: int, running: float, scores: dict[str, float]) -> None:
-    """Written to a temporary file and renamed, so a run killed while saving keeps its previous checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"network": network.state_dict(), "optimiser": optimiser.state_dict(),
-                "schedule": schedule.state_dict(), "rng": _rng_state(rng), "plan": asdict(plan), "cases": names,
-                "step": step, "running": running, "validation": scores}, partial)
-    partial.replace(path)
+    """Written durably (``write_atomic``), so a run killed while saving keeps its previous checkpoint."""
+    state = {"network": network.state_dict(), "optimiser": optimiser.state_dict(),
+             "schedule": schedule.state_dict(), "rng": _rng_state(rng), "plan": asdict(plan), "cases": names,
+             "step": step, "running": running, "validation": scores}
+    write_atomic(path, lambda fh: torch.save(state, fh))

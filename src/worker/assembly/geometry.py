@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
@@ -298,10 +299,12 @@ def main_stack(frames: list[Frame]) -> tuple[list[Frame], list[str]]:
 
 def share_orientation(headers: list[Dataset]) -> None:
     """Give copies of single-frame source headers the first one's ImageOrientationPatient, for writers
-    (highdicom) that compare the strings: ``sort_frames`` already found them equal within 1e-4."""
+    (highdicom) that compare the strings: ``sort_frames`` already found them equal within 1e-4. Each copy
+    gets an element of its own, since the first one's is also its source's."""
     if headers and _ORIENTATION in headers[0]:
+        first = headers[0][_ORIENTATION]
         for ds in headers[1:]:
-            ds[_ORIENTATION] = headers[0][_ORIENTATION]
+            ds[_ORIENTATION] = DataElement(_ORIENTATION, first.VR, list(first.value))
 
 
 def tilt_degrees(image: sitk.Image) -> float:

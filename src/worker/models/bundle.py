@@ -29,8 +29,9 @@ from monai.transforms import Compose, Decollated, LoadImaged, SaveImage, SaveIma
 
 from db.errors import AinodeError, ConfigurationError
 from worker.models.bundle_io import InMemoryLoad, grid_from_affine, same_grid
-from worker.models.bundle_spec import BundleSpec, checkpoint_in, read_json
-from worker.models.runtime import ModelOutput, choose_device
+from worker.models.bundle_spec import METADATA, BundleSpec, checkpoint_in
+from worker.models.runtime import ModelOutput, torch_device
+from worker.models.spec import read_json
 
 IN_MEMORY = "ainode-in-memory-image"  # the "file name" LoadImaged sees
 # Arguments a newer MONAI removed that had no effect before: dropped from network_def when the installed
@@ -63,9 +64,7 @@ class BundleRuntime:
 
     def __init__(self, spec: BundleSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
-        self.device = choose_device(device, torch.cuda.is_available())
-        if threads:
-            torch.set_num_threads(threads)
+        self.device = torch_device(device, threads)
         try:
             self._load()
         except AinodeError:
@@ -93,7 +92,7 @@ class BundleRuntime:
 
     def _parser(self) -> ConfigParser:
         parser = ConfigParser()
-        parser.read_meta(read_json(self.spec.folder / "configs" / "metadata.json"))
+        parser.read_meta(read_json(self.spec.folder, METADATA, "bundle"))
         parser.read_config(str(self.spec.config_file))
         parser["bundle_root"] = str(self.spec.folder)
         parser["device"] = f"$torch.device({self.device!r})"

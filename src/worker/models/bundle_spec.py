@@ -8,16 +8,16 @@ needs MONAI: ``BundleSpec.weight_files`` does that when asked, not when the node
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from db.errors import ConfigurationError
 from worker.models.labels import coded_labels
-from worker.models.spec import FolderModelSpec
+from worker.models.spec import FolderModelSpec, read_json
 
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+METADATA, INFERENCE = "configs/metadata.json", "configs/inference.json"
 MODALITIES = {"CT": "CT", "MR": "MR", "MRI": "MR", "PET": "PT", "PT": "PT"}
 
 
@@ -65,18 +65,6 @@ def checkpoint_in(parser: Any, folder: Path) -> Path:
     return scripted if scripted.exists() and not default.exists() else default
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"{str(path)!r} does not exist") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"{str(path)!r} is not JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"{str(path)!r} is not a JSON object")
-    return data
-
-
 def label_names(name: str, channel_def: Mapping[str, str]) -> dict[int, str]:
     """Output value → name from ``channel_def``; channel 0 must be the background (a label map)."""
     try:
@@ -93,10 +81,9 @@ def label_names(name: str, channel_def: Mapping[str, str]) -> dict[int, str]:
 
 def _plain_spacing(folder: Path) -> tuple[float, float, float] | None:
     """The grid ``Spacingd`` resamples to, when the config states it as numbers (else None: an expression)."""
-    config = folder / "configs" / "inference.json"
-    if not config.exists():
+    if not (folder / INFERENCE).exists():
         return None
-    raw = read_json(config)
+    raw = read_json(folder, INFERENCE, "bundle")
     for _, item in _items(raw.get("preprocessing", {})):
         if str(item.get("_target_", "")).endswith("Spacingd"):
             pixdim = item.get("pixdim")
@@ -112,7 +99,7 @@ def describe_bundle(path: Path | None, options: Mapping[str, Any]) -> BundleSpec
     if path is None or not Path(path).is_dir():
         raise ConfigurationError(f"bundle folder {str(path)!r} does not exist")
     folder = Path(path).resolve()
-    metadata = read_json(folder / "configs" / "metadata.json")
+    metadata = read_json(folder, METADATA, "bundle")
     name = str(metadata.get("name") or folder.name)
     fmt = metadata.get("network_data_format", {})
     image = fmt.get("inputs", {}).get("image", {})

@@ -22,8 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from db.errors import ConfigurationError, RejectedInput
-from worker.models.nnunet_spec import NnUNetSpec, read_json
-from worker.models.runtime import ModelOutput, choose_device
+from worker.models.nnunet_spec import NnUNetSpec
+from worker.models.runtime import ModelOutput, torch_device
+from worker.models.spec import read_json
 
 # plans.json image_reader_writer values, and the orientation each puts a volume in before nnU-Net sees it
 # (None: the array as stored). The *WithReorient readers use RAS: i→Right, j→Anterior, k→Superior,
@@ -71,12 +72,10 @@ class NnUNetRuntime:
             raise ConfigurationError(f"nnU-Net model {str(spec.folder)!r} needs nnunetv2: pip install "
                                      f"'ainode[nnunet]' ({exc})") from exc
         self.spec = spec
-        self.device = choose_device(device, torch.cuda.is_available())
-        if threads:
-            torch.set_num_threads(threads)
+        self.device = torch_device(device, threads)
         folder = spec.folder
-        self.dataset = read_json(folder / "dataset.json", folder)
-        self.plans = read_json(folder / "plans.json", folder)
+        self.dataset = read_json(folder, "dataset.json", "nnU-Net model")
+        self.plans = read_json(folder, "plans.json", "nnU-Net model")
         loaded = []
         for path in spec.weight_files():
             try:
@@ -130,15 +129,15 @@ class NnUNetRuntime:
                     f"nnU-Net model {str(folder)!r}: weights {path.relative_to(folder)} do not fit the network "
                     f"that {built_by} builds from plans.json: {str(exc).splitlines()[0]}") from exc
 
-        torch_device = torch.device(self.device)
+        target = torch.device(self.device)
         with contextlib.redirect_stdout(io.StringIO()):  # it prints a notice on every CPU device
             self.predictor = nnUNetPredictor(
                 tile_step_size=spec.tile_step_size, use_gaussian=True, use_mirroring=spec.mirroring,
-                perform_everything_on_device=torch_device.type == "cuda", device=torch_device,
+                perform_everything_on_device=target.type == "cuda", device=target,
                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
         self.predictor.manual_initialization(network, plans_manager, configuration_manager, parameters,
                                              self.dataset, self.trainer_name, mirroring)
-        self.network = network.to(torch_device)
+        self.network = network.to(target)
 
     def infer(self, image: sitk.Image) -> ModelOutput:
         """Labels on the grid of ``image`` itself.

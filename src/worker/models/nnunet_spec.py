@@ -7,7 +7,6 @@ with ``dataset.json`` (input channels, labels), ``plans.json`` (spacing, patch, 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from pydantic import Field
 
 from db.errors import ConfigurationError
 from worker.models.labels import coded_labels
-from worker.models.spec import FolderModelSpec
+from worker.models.spec import FolderModelSpec, read_json
 
 # dataset.json channel names (case-insensitive) → the modality a series must have
 CT_NAMES = {"ct"}
@@ -36,18 +35,6 @@ class NnUNetSpec(FolderModelSpec):
 
     def weight_files(self) -> list[Path]:
         return [self.folder / f"fold_{fold}" / self.checkpoint for fold in self.folds]
-
-
-def read_json(path: Path, folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigurationError(f"nnU-Net model {str(folder)!r}: {path.name} is missing") from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigurationError(f"nnU-Net model {str(folder)!r}: {path.name} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"nnU-Net model {str(folder)!r}: {path.name} is not a JSON object")
-    return data
 
 
 def label_names(dataset: Mapping[str, Any], folder: Path) -> dict[int, str]:
@@ -100,8 +87,8 @@ def describe_nnunet(path: Path | None, options: Mapping[str, Any]) -> NnUNetSpec
     if path is None or not Path(path).is_dir():
         raise ConfigurationError(f"nnU-Net model folder {str(path)!r} does not exist")
     folder = Path(path).resolve()
-    dataset = read_json(folder / "dataset.json", folder)
-    plans = read_json(folder / "plans.json", folder)
+    dataset = read_json(folder, "dataset.json", "nnU-Net model")
+    plans = read_json(folder, "plans.json", "nnU-Net model")
     channels = channel_names(dataset, folder)
     if len(channels) != 1:
         raise ConfigurationError(f"nnU-Net model {str(folder)!r} needs {len(channels)} input channels "

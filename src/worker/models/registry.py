@@ -75,8 +75,6 @@ def load(entry: ModelEntry, threads: int | None = None) -> Runtime:
 
 def resolved_device(name: str) -> str:
     """The device ``name`` means here (``auto``: CUDA when present); refused when CUDA is asked for and absent."""
-    import torch
+    from worker.models.runtime import torch_device
 
-    from worker.models.runtime import choose_device
-
-    return choose_device(name, torch.cuda.is_available())
+    return torch_device(name, None)

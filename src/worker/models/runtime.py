@@ -57,6 +57,17 @@ def choose_device(name: str, cuda_available: bool) -> str:
     return name
 
 
+def torch_device(name: str, threads: int | None) -> str:
+    """The device a PyTorch runtime runs on (as ``choose_device`` decides), with its CPU threads limited
+    when the configuration says so. torch is imported here, not above, for the runtimes that do not use it."""
+    import torch
+
+    device = choose_device(name, torch.cuda.is_available())
+    if threads:
+        torch.set_num_threads(threads)
+    return device
+
+
 def check(output: ModelOutput, spec: ModelSpec) -> None:
     """Refuse an output no SEG may be made of, whatever kind of model produced it."""
     where = f"model {spec.name} {spec.version}"

@@ -7,6 +7,7 @@ instead of producing a SEG with wrong codes later.
 from __future__ import annotations
 
 import hashlib
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -155,6 +156,21 @@ class FolderModelSpec(ModelSpec):
     @property
     def spacing(self) -> tuple[float, float, float] | None:
         return self.model_spacing
+
+
+def read_json(folder: Path, name: str, kind: str) -> dict[str, Any]:
+    """A JSON object from a model folder (``kind`` "bundle", "nnU-Net model"): a file missing or broken
+    stops start-up with the folder and the file named."""
+    where = f"{kind} {str(folder)!r}: {name}"
+    try:
+        data = json.loads((folder / name).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigurationError(f"{where} is missing") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"{where} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{where} is not a JSON object")
+    return data
 
 
 class GridModelSpec(ModelSpec):

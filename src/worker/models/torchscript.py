@@ -15,7 +15,7 @@ import torch
 from db.errors import ConfigurationError
 from worker.models.body import restrict_to_body
 from worker.models.grid import to_model_space
-from worker.models.runtime import ModelOutput, choose_device
+from worker.models.runtime import ModelOutput, torch_device
 from worker.models.spec import ExportedSpec
 from worker.models.unet import sliding_probabilities
 
@@ -36,9 +36,7 @@ class TorchScriptRuntime:
 
     def __init__(self, spec: ExportedSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
-        self.device = choose_device(device, torch.cuda.is_available())
-        if threads:
-            torch.set_num_threads(threads)
+        self.device = torch_device(device, threads)
         path = spec.weights_path
         if not path.is_file():
             raise ConfigurationError(f"model weights {str(path)!r} do not exist")

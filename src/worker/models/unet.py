@@ -17,7 +17,7 @@ from monai.networks.nets import UNet
 from db.errors import ConfigurationError
 from worker.models.body import restrict_to_body
 from worker.models.grid import to_model_space
-from worker.models.runtime import ModelOutput, choose_device
+from worker.models.runtime import ModelOutput, torch_device
 from worker.models.spec import InferenceSpec, UNetSpec
 
 
@@ -54,9 +54,7 @@ class UNetRuntime:
 
     def __init__(self, spec: UNetSpec, device: str = "auto", threads: int | None = None) -> None:
         self.spec = spec
-        self.device = choose_device(device, torch.cuda.is_available())
-        if threads:
-            torch.set_num_threads(threads)
+        self.device = torch_device(device, threads)
         self.network = build_network(spec)
         try:
             state = torch.load(spec.weights_path, map_location="cpu", weights_only=True)

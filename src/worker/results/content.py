@@ -4,6 +4,7 @@ UIDs, and the source headers both reference (as highdicom's ``content.py`` holds
 from __future__ import annotations
 
 import highdicom as hd
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
@@ -17,6 +18,7 @@ PROCESSING_EQUIPMENT = hd.sr.CodedConcept("109102", "DCM", "Processing Equipment
 TYPE2_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                            "ReferringPhysicianName", "StudyID", "AccessionNumber")
 _PIXEL_DATA = Tag("PixelData")
+_FRAME_OF_REFERENCE = Tag("FrameOfReferenceUID")
 
 
 def coded(code: Code) -> hd.sr.CodedConcept:
@@ -69,18 +71,21 @@ def source_headers(volume: Volume, frame_of_reference: str | None = None) -> lis
     Pixel Data, with the Type 2 patient and study attributes present (real scanners omit some), and one
     ImageOrientationPatient value for single-frame series whose orientations differ only in the last
     digits (geometry already checked them within 1e-4). ``frame_of_reference``, when given, replaces the
-    instances' FrameOfReferenceUIDs (several, merged because the geometry is one volume)."""
+    instances' FrameOfReferenceUIDs (several, merged because the geometry is one volume).
+
+    The copies share their elements with the sources, so a change is a new element put in the copy's
+    map (or an element deleted from it), never a value set on an element already there."""
     out = []
     for ds in volume.datasets:
-        copy = Dataset(dict(ds.items()))  # a new element map: what is replaced here stays in the copy
+        copy = Dataset(dict(ds.items()))
         copy.file_meta = ds.file_meta
         if _PIXEL_DATA in copy:
             del copy[_PIXEL_DATA]
         for keyword in TYPE2_SOURCE_ATTRIBUTES:
             if keyword not in copy:
-                setattr(copy, keyword, "")
+                setattr(copy, keyword, "")  # absent, so a new element
         if frame_of_reference is not None:
-            copy.FrameOfReferenceUID = frame_of_reference
+            copy[_FRAME_OF_REFERENCE] = DataElement(_FRAME_OF_REFERENCE, "UI", frame_of_reference)
         out.append(copy)
     if not volume.multiframe:
         share_orientation(out)
