@@ -87,8 +87,9 @@ def _processed(db: Database, worker: str, delivered_to: tuple[str, ...], failed_
     return job.id
 
 
-def _grown(db: Database, t0: dt.datetime, sop: str) -> int:
-    """The rest of the series arrives later: a new job that supersedes the previous one."""
+def _settles(db: Database, t0: dt.datetime, sop: str) -> int:
+    """An instance of the series arrives and the series settles: a job, which supersedes the previous one
+    when there is one."""
     receive(db, SERIES, sop, t0)
     ingest.release_series(db, {SERIES: None}, now=t0)
     (newer,) = queue.enqueue_settled(db, POLICY, ROUTE)
@@ -151,9 +152,7 @@ def test_a_queued_job_of_a_series_that_grows_again_is_superseded_before_it_runs(
 
 def test_a_superseding_job_waits_until_the_job_it_replaces_has_finished(database: Database) -> None:
     t0 = utcnow() - dt.timedelta(seconds=60)
-    receive(database, SERIES, SERIES + ".1", t0)
-    ingest.release_series(database, {SERIES: None}, now=t0)
-    queue.enqueue_settled(database, POLICY, ROUTE)
+    _settles(database, t0, SERIES + ".1")
     running = queue.claim(database, "w1", POLICY, MODELS)
     assert running is not None
     receive(database, SERIES, SERIES + ".2", t0 + dt.timedelta(seconds=1))
@@ -199,7 +198,7 @@ def test_what_reaches_a_destination_while_the_newer_job_runs_is_retracted_and_no
             in_flight[(task.destination, task.sop_instance_uid)] = task.id  # slow, flaky: being sent
     assert len(in_flight) == 4
 
-    second = _grown(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
+    second = _settles(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
     claimed = queue.claim(database, "w", POLICY, MODELS)
     assert claimed is not None and claimed.id == second
     assert sorted(r.sop_instance_uid for r in claimed.superseded) == ["9.1", "9.2"]
@@ -234,7 +233,7 @@ def test_nothing_sent_yet_is_withdrawn_and_nothing_is_retracted(database: Databa
     ingest.release_series(database, {SERIES: None}, now=t0)
     queue.enqueue_settled(database, POLICY, ROUTE)
     first = _processed(database, "w", delivered_to=(), untried_to=("pacs",))
-    _grown(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
+    _settles(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
     claimed = queue.claim(database, "w", POLICY, MODELS)
     assert claimed is not None and claimed.superseded == ()
     assert set(_states(database).values()) == {"withdrawn"}
@@ -250,13 +249,13 @@ def test_the_rejection_note_of_the_replaced_job_is_still_delivered(database: Dat
     ingest.release_series(database, {SERIES: None}, now=t0)
     queue.enqueue_settled(database, POLICY, ROUTE)
     _processed(database, "w", delivered_to=("pacs",))
-    _grown(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
+    _settles(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
     middle = queue.claim(database, "w", POLICY, MODELS)
     assert middle is not None and len(middle.superseded) == 2
     seg = queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.m", "9.n", "r/m.dcm")
     note = queue.ResultFile(queue.REJECTION_NOTE, KO_CLASS, "9.ko", "9.k", "r/ko.dcm")
     assert queue.complete(database, middle.id, "w", [seg, note], ["pacs"])  # nothing of it sent yet
-    _grown(database, t0 + dt.timedelta(seconds=2), SERIES + ".3")
+    _settles(database, t0 + dt.timedelta(seconds=2), SERIES + ".3")
     newest = queue.claim(database, "w", POLICY, MODELS)
     assert newest is not None and newest.superseded == (), "nothing of the middle job reached a destination"
     states = _states(database)
@@ -265,12 +264,10 @@ def test_the_rejection_note_of_the_replaced_job_is_still_delivered(database: Dat
 
 def test_a_superseding_job_waits_while_the_job_it_replaces_is_queued_for_a_retry(database: Database) -> None:
     t0 = utcnow() - dt.timedelta(seconds=60)
-    receive(database, SERIES, SERIES + ".1", t0)
-    ingest.release_series(database, {SERIES: None}, now=t0)
-    queue.enqueue_settled(database, POLICY, ROUTE)
+    _settles(database, t0, SERIES + ".1")
     running = queue.claim(database, "w1", POLICY, MODELS)
     assert running is not None
-    newer = _grown(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
+    newer = _settles(database, t0 + dt.timedelta(seconds=1), SERIES + ".2")
     assert queue.fail(database, running.id, "w1", "out of memory", POLICY) == "queued"
     assert queue.claim(database, "w2", POLICY, MODELS) is None, "the replaced job may still make results"
     with database.transaction() as session:  # its retry is due
