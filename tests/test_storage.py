@@ -53,10 +53,11 @@ def test_start_up_removes_interrupted_writes_and_unrecorded_files(tmp_path: Path
     assert sorted(p.name for p in (tmp_path / kept).parent.iterdir()) == ["1.2.3.1.dcm"]
 
 
-def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job_is_running(
+def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job_has_not_ended(
         tmp_path: Path, database) -> None:  # type: ignore[no-untyped-def]
     """Real files in job folders: a finished job's temporary and unrecorded files go, its recorded result
-    stays; a running job's files (a worker elsewhere may be writing them) and files outside a job folder stay."""
+    stays; a running or queued job's files (a worker elsewhere may be writing them, or claim it a moment
+    later and write the same names) and files outside a job folder stay."""
     from db import leftovers, queue
     from test_queue import MODELS, POLICY, settled_job
 
@@ -64,6 +65,7 @@ def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job
     claimed = queue.claim(database, "w", POLICY, MODELS)
     assert claimed is not None and claimed.id == done
     assert queue.claim(database, "w2", POLICY, MODELS) is not None  # ``running`` stays running
+    queued = settled_job(database, "1.2.3.6")  # an earlier attempt failed; its retry is not claimed yet
     kept = result_path("1.2.3", done, "SEG", "9.1")
     write_atomic(tmp_path / kept, b"recorded")
     assert queue.complete(database, done, "w", [queue.ResultFile("SEG", "1.2.840.10008.5.1.4.1.1.66.4", "9.1", "9",
@@ -76,6 +78,9 @@ def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job
     write_atomic(tmp_path / being_written, b"written, not yet completed")
     writing = being_written.parent / ".incoming-x.part"
     (tmp_path / writing).write_bytes(b"being written")
+    retried = result_path("1.2.3", queued, "SEG", "9.4").parent / ".incoming-q.part"
+    (tmp_path / retried).parent.mkdir(parents=True)
+    (tmp_path / retried).write_bytes(b"a queued job's")
     stranger = Path("results/notes/.incoming-y.part")
     (tmp_path / stranger).parent.mkdir(parents=True)
     (tmp_path / stranger).write_bytes(b"not a job's")
@@ -83,5 +88,5 @@ def test_start_up_removes_what_a_killed_worker_left_under_results_unless_its_job
     left = leftovers.reconcile_results(database, tmp_path)
     assert (left.partial_files, left.unfinished_files) == ([str(partial)], [str(unfinished)])
     remaining = sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "results").rglob("*") if p.is_file())
-    assert remaining == sorted(map(str, [kept, being_written, writing, stranger]))
+    assert remaining == sorted(map(str, [kept, being_written, writing, retried, stranger]))
     assert leftovers.reconcile_results(database, tmp_path) == leftovers.ResultLeftovers([], [])
