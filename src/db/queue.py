@@ -270,7 +270,7 @@ def retry(db: Database, job_id: int, max_attempts: int | None = None, by: str = 
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state not in FINAL_JOB_STATES:
             return False
-        series = session.get(Series, job.series_id)
+        series = session.get(Series, job.series_id, with_for_update=True)  # retention locks it too
         if series is not None and series.purged_at is not None:
             raise RejectedInput(f"job {job_id} cannot be queued again: retention deleted the files of series "
                                 f"{series.series_instance_uid} on {series.purged_at:%Y-%m-%d %H:%M} UTC; "
