@@ -48,7 +48,7 @@ def serve(config: ConfigOption = None, verbose: bool = False) -> None:
 
 
 def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
-    from ainode.routing import by_modality, by_routes
+    from ainode.routing import by_modality, by_routes, channel_rules
     from ainode.supervise import WorkerPool
     from db.engine import Database
     from pacs_node.dispatch import Dispatcher
@@ -66,7 +66,11 @@ def _serve(settings: Settings, db: Database, config: Optional[Path]) -> None:
     receive_db = Database(settings.database_url, min(settings.node.database_wait_seconds,
                                                      settings.database.busy_timeout_seconds))
     described = describe_models(settings)  # every model's files checked before the node listens
-    router = by_routes(settings.route_rules()) if settings.routes else by_modality(described)
+    try:
+        inputs = channel_rules(described, settings.channel_conditions(), settings.queue.channel_wait_seconds)
+    except ConfigurationError as exc:
+        fail(str(exc))
+    router = by_routes(settings.route_rules(), inputs) if settings.routes else by_modality(described, inputs)
     node = Node(settings.receiver(), db, settings.queue_policy(), dispatcher, router,
                 receive_db, settings.retention_policy(), settings.retention.check_minutes * 60)
     access = _status_access(settings) if settings.status.port else None  # a bad secret stops us before we listen

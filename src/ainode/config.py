@@ -95,6 +95,20 @@ class Settings(BaseSettings):
                 raise ValueError(f"routes[{route.name}].{exc}") from exc
         return self
 
+    @model_validator(mode="after")
+    def _channels(self) -> "Settings":
+        for name, model in self.models.items():
+            for channel, when in (model.channels or {}).items():
+                try:
+                    Route.build(channel, when, ())
+                except ValueError as exc:
+                    raise ValueError(f"models.{name}.channels.{channel}.{exc}") from exc
+        return self
+
+    def channel_conditions(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """``[models.NAME.channels]`` of every model that has them (``ainode.routing.channel_rules``)."""
+        return {name: dict(m.channels) for name, m in self.models.items() if m.channels}
+
     @staticmethod
     def _route(route: RouteSection) -> Route:
         return Route.build(route.name, route.when, route.models, route.destinations, route.priority, route.stop)

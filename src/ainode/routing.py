@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
 
-from db.routing import Planned, Router, Routing, SettledSeries
+from db.errors import ConfigurationError
+from db.routing import Channel, Planned, Router, Routing, SettledSeries
 from worker.models.spec import ModelSpec
 
 Check = Callable[[SettledSeries], str | None]  # None when the condition holds, else why not
@@ -132,7 +133,56 @@ class Verdict:
     why: str = ""  # the first failing condition, when it does not take the series
 
 
-def evaluate(routes: Sequence[Route], series: SettledSeries) -> tuple[Routing, list[Verdict]]:
+@dataclass(frozen=True)
+class Inputs:
+    """Models whose input is several series of a study: their channels, in the order each model takes them,
+    and how long a job waits for all of them."""
+
+    channels: Mapping[str, tuple[Channel, ...]]
+    wait_seconds: float = 600.0
+
+    def plan(self, model: str, route: str | None = None, priority: int = 0,
+             destinations: tuple[str, ...] | None = None) -> Planned:
+        return Planned(model, route, priority, destinations, self.channels.get(model, ()), self.wait_seconds)
+
+
+NO_CHANNELS = Inputs({})
+
+
+def channel_rules(models: Mapping[str, ModelSpec], configured: Mapping[str, Mapping[str, Mapping[str, object]]],
+                  wait_seconds: float = 600.0) -> Inputs:
+    """Each several-series model's channels from ``[models.NAME.channels.CHANNEL]`` (conditions as a route's
+    ``when``), in the order the model takes them; ``ConfigurationError`` naming the model and channel when
+    the configuration and the model do not agree."""
+    out: dict[str, tuple[Channel, ...]] = {}
+    for name, spec in models.items():
+        given = dict(configured.get(name) or {})
+        if not spec.channels:
+            if given:
+                raise ConfigurationError(f"models.{name}.channels: {spec.name} takes one series, not channels "
+                                         f"{sorted(given)}")
+            continue
+        wanted = list(spec.channels)
+        if sorted(given) != sorted(wanted):
+            missing, extra = [c for c in wanted if c not in given], [c for c in given if c not in wanted]
+            raise ConfigurationError(
+                f"models.{name}.channels: {spec.name} takes {len(wanted)} series ({', '.join(wanted)}), each "
+                f"picked by conditions in [models.{name}.channels.NAME]"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; unknown: {', '.join(extra)}" if extra else ""))
+        channels = []
+        for channel in wanted:
+            try:
+                rule = Route.build(f"{name}.{channel}", given[channel], ())
+            except ValueError as exc:
+                raise ConfigurationError(f"models.{name}.channels.{channel}.{exc}") from exc
+            channels.append(Channel(channel, rule.failing))
+        out[name] = tuple(channels)
+    return Inputs(out, wait_seconds)
+
+
+def evaluate(routes: Sequence[Route], series: SettledSeries,
+             inputs: Inputs = NO_CHANNELS) -> tuple[Routing, list[Verdict]]:
     """The jobs the routes plan for ``series``, and each route's verdict (``ainode route explain``)."""
     plans: list[Planned] = []
     verdicts: list[Verdict] = []
@@ -140,7 +190,7 @@ def evaluate(routes: Sequence[Route], series: SettledSeries) -> tuple[Routing, l
         why = route.failing(series)
         verdicts.append(Verdict(route.name, why is None, why or ""))
         if why is None:
-            plans += [Planned(m, route.name, route.priority, route.destinations) for m in route.models
+            plans += [inputs.plan(m, route.name, route.priority, route.destinations) for m in route.models
                       if m not in {p.model for p in plans}]
             if route.stop:
                 break
@@ -149,16 +199,16 @@ def evaluate(routes: Sequence[Route], series: SettledSeries) -> tuple[Routing, l
         verdicts
 
 
-def by_routes(routes: Sequence[Route]) -> Router:
-    return lambda series: evaluate(routes, series)[0]
+def by_routes(routes: Sequence[Route], inputs: Inputs = NO_CHANNELS) -> Router:
+    return lambda series: evaluate(routes, series, inputs)[0]
 
 
-def by_modality(models: Mapping[str, ModelSpec]) -> Router:
+def by_modality(models: Mapping[str, ModelSpec], inputs: Inputs = NO_CHANNELS) -> Router:
     """Without routes: every model whose modality is the series' gets a job."""
     def route(series: SettledSeries) -> Routing:
         taken = tuple(name for name, spec in models.items() if spec.modality == series.modality)
         if taken:
-            return Routing.to(*taken)
+            return Routing(tuple(inputs.plan(name) for name in taken))
         offer = ", ".join(f"{name} takes {spec.modality}" for name, spec in models.items())
         return Routing((), f"no model takes {series.modality or 'a series without modality'} ({offer})")
 

@@ -112,6 +112,8 @@ class QueueSection(_Section):
     max_attempts: int = Field(3, ge=1)
     backoff_seconds: float = Field(10.0, ge=0)
     backoff_max_seconds: float = Field(600.0, ge=0)
+    # a model whose input is several series of a study: how long its job waits for all of them
+    channel_wait_seconds: float = Field(600.0, gt=0)
 
 
 def _device(value: str) -> str:
@@ -168,6 +170,9 @@ class ModelSection(_Section):
     tile_step_size: float | None = Field(None, gt=0.0, le=1.0)
     # onnx: ONNX Runtime execution providers in order of preference (default: CUDA for cuda devices, else CPU)
     providers: list[str] | None = Field(None, min_length=1)
+    # a model whose input is several series of one study: for each of its input channels, the conditions
+    # (the keys of a route's `when`) that pick the study's series for it, e.g. [models.brats.channels.FLAIR]
+    channels: dict[str, dict[str, Any]] | None = None
 
     @model_validator(mode="after")
     def _path(self) -> "ModelSection":
