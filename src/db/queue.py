@@ -38,6 +38,14 @@ class QueuePolicy(Backoff):
 
 
 @dataclass(frozen=True)
+class ChannelInput:
+    name: str
+    series_instance_uid: str
+    modality: str
+    instance_paths: tuple[str, ...]  # relative to the storage root, not purged, in Instance.id order
+
+
+@dataclass(frozen=True)
 class ClaimedJob:
     """What a worker needs to process a job; instance paths are relative to the storage root."""
 
@@ -49,6 +57,7 @@ class ClaimedJob:
     instance_paths: tuple[str, ...]
     superseded: tuple[ResultFile, ...] = ()  # the replaced job's results that have or may have reached a destination
     model: str = ""  # the configured name of the model that runs it
+    channels: tuple[ChannelInput, ...] = ()  # a model whose input is several series: each, the first is the above
 
 
 @dataclass(frozen=True)

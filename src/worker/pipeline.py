@@ -10,11 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from db.errors import RejectedInput
 from db.queue import REJECTION_NOTE, ClaimedJob, ResultFile
 from db.storage import result_path, write_atomic
+from worker.assembly import channels
 from worker.assembly.geometry import MAX_GAP_RATIO
 from worker.assembly.series import assemble
 from worker.assembly.volume import Volume
@@ -98,12 +100,41 @@ class Pipeline:
                     f"processed in one frame of reference, {chosen} (worker.merge_frames_of_reference)")
         return chosen
 
-    def segment(self, volume: Volume) -> np.ndarray:
-        """The model's labels on the volume's source grid: the image, or an uneven stack's acquired slices."""
-        if volume.acquired is None:
+    def segment(self, volume: Volume, image: sitk.Image | None = None) -> np.ndarray:
+        """The model's labels on the volume's source grid: the image, or an uneven stack's acquired slices.
+        ``image`` is what the model reads when it is not the volume's own (several series stacked on it)."""
+        if volume.acquired is None and image is None:
             return segment(self.runtime, volume.image)
-        output = run(self.runtime, volume.image)
+        output = run(self.runtime, volume.image if image is None else image)
+        if volume.acquired is None:
+            return to_source(output, volume.image)
         return np.concatenate([to_source(output, s) for s in volume.acquired.references(volume.image)])
+
+    def _read(self, paths: tuple[str, ...]) -> Volume:
+        return assemble([self.config.storage_root / p for p in paths], self.spec.min_slices,
+                        self.config.max_missing_slices, self.config.max_slice_gap_ratio)
+
+    def _assemble(self, job: ClaimedJob, note: list[str]) -> tuple[list[Volume], str | None]:
+        """The job's volumes, each checked (the first is the one results lie on), and the frame of reference
+        to write when it is not each instance's own."""
+        spec, wanted = self.spec, list(self.spec.channels)
+        if [c.name for c in job.channels] != wanted:
+            raise RejectedInput(f"model {spec.name} takes " + (", ".join(wanted) if wanted else "one series")
+                                + "; the job has " + (", ".join(c.name for c in job.channels) or "one series"))
+        if not job.channels:
+            volume = self._read(job.instance_paths)
+            note.extend(_describe(volume))
+            return [volume], self._check(job, volume, note)
+        volumes = []
+        for channel in job.channels:
+            volume = self._read(channel.instance_paths)
+            if volume.modality != spec.modality:
+                raise RejectedInput(f"channel {channel.name} (series {channel.series_instance_uid}) is "
+                                    f"{volume.modality or 'of no modality'}; {spec.name} takes {spec.modality}")
+            volumes.append(volume)
+        frame_of_reference = channels.frame_of_reference(wanted, volumes)
+        note.append(channels.describe(wanted, volumes))
+        return volumes, frame_of_reference
 
     def process(self, job: ClaimedJob, report: StageReporter) -> list[ResultFile]:
         @contextmanager
@@ -115,20 +146,20 @@ class Pipeline:
 
         spec, output = self.spec, self.config.output
         with stage("assemble") as note:
-            volume = assemble([self.config.storage_root / p for p in job.instance_paths], spec.min_slices,
-                              self.config.max_missing_slices, self.config.max_slice_gap_ratio)
-            note.extend(_describe(volume))
-            frame_of_reference = self._check(job, volume, note)
+            volumes, frame_of_reference = self._assemble(job, note)
+            volume = volumes[0]
+            image = channels.stack(volumes) if len(volumes) > 1 else None
         with stage("segment") as note:
-            labels = self.segment(volume)
+            labels = self.segment(volume, image)
             note.append(f"{spec.name} {spec.version} on {self.runtime.device}")
         with stage("postprocess") as note:
             findings = find(volume, clean(labels, spec.labels, volume.voxel_ml), spec)
             note.append(findings.summary)
-        identity = result_identity(spec, self.weights_digest, volume.sop_instance_uids)
+        identity = result_identity(spec, self.weights_digest, [uid for v in volumes for uid in v.sop_instance_uids])
         with stage("encode") as note:
             sources = source_headers(volume, frame_of_reference)
-            results = self._encode(job, volume, sources, findings, identity, note)
+            others = [ds for v in volumes[1:] for ds in source_headers(v, frame_of_reference)]
+            results = self._encode(job, volume, sources, findings, identity, note, others)
             if job.superseded:
                 study = sources[0]
                 rejected = [reference(r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, study)
@@ -139,16 +170,17 @@ class Pipeline:
         return results
 
     def _encode(self, job: ClaimedJob, volume: Volume, sources: list[Dataset], findings: Findings,
-                identity: ResultIdentity, note: list[str]) -> list[ResultFile]:
+                identity: ResultIdentity, note: list[str], others: list[Dataset]) -> list[ResultFile]:
         spec, output = self.spec, self.config.output
         if not findings.present and output.when_nothing_found != "report":
             note.append("nothing found: no output, as configured (output.when_nothing_found)")
             return []
         if not findings.present:
             note.append("nothing found: an SR that says so, no SEG")
-            return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output))]
-        seg = build_segmentation(volume, sources, findings, spec, identity, output)
-        sr = build_report(sources, findings, seg, spec, identity, output)
+            return [self._save(job, "SR", build_nothing_found_report(sources, spec, identity, output,
+                                                                         other_sources=others))]
+        seg = build_segmentation(volume, sources, findings, spec, identity, output, other_sources=others)
+        sr = build_report(sources, findings, seg, spec, identity, output, other_sources=others)
         note.append(f"SEG {len(seg.PerFrameFunctionalGroupsSequence)} frames, "
                     f"{len(seg.SegmentSequence)} segments; SR {len(findings.present)} measurement groups")
         return [self._save(job, "SEG", seg), self._save(job, "SR", sr)]

@@ -27,7 +27,7 @@ from monai.engines.utils import default_prepare_batch, engine_apply_transform
 from monai.networks.utils import eval_mode
 from monai.transforms import Compose, Decollated, LoadImaged, SaveImage, SaveImaged
 
-from db.errors import AinodeError, ConfigurationError
+from db.errors import AinodeError, ConfigurationError, RejectedInput
 from worker.models.bundle_io import InMemoryLoad, grid_from_affine, same_grid
 from worker.models.bundle_spec import METADATA, BundleSpec, checkpoint_in
 from worker.models.runtime import ModelOutput, torch_device
@@ -168,6 +168,11 @@ class BundleRuntime:
 
     def predict(self, image: sitk.Image) -> dict[str, Any]:
         """The bundle's output item (``pred`` and the rest) after its own post-processing."""
+        wanted = max(1, len(self.spec.channels))
+        if image.GetNumberOfComponentsPerPixel() != wanted:
+            raise RejectedInput(f"bundle {self.spec.name!r} takes {wanted} channel(s)"
+                                + (f" ({', '.join(self.spec.channels)})" if self.spec.channels else "")
+                                + f", got an image of {image.GetNumberOfComponentsPerPixel()}")
         self.loader.image = image
         try:
             item = self.preprocessing({self.image_key: IN_MEMORY})

@@ -55,10 +55,15 @@ class SimpleITKImageReader(ImageReader):
         return self.image
 
     def get_data(self, img: sitk.Image) -> tuple[np.ndarray, dict]:
-        if img.GetNumberOfComponentsPerPixel() != 1 or img.GetDimension() != 3:
-            raise RejectedInput(f"a bundle takes one 3D scalar image, got {img.GetDimension()}D with "
-                                f"{img.GetNumberOfComponentsPerPixel()} components per voxel")
-        array = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)  # (z, y, x) → MONAI's (i, j, k)
+        if img.GetDimension() != 3:
+            raise RejectedInput(f"a bundle takes a 3D image, got {img.GetDimension()}D")
+        components = img.GetNumberOfComponentsPerPixel()
+        if components == 1:
+            array = sitk.GetArrayViewFromImage(img).transpose(2, 1, 0)  # (z, y, x) → MONAI's (i, j, k)
+            channel_dim = float("nan")
+        else:  # several series as channels: (z, y, x, C) → (C, i, j, k), as ITKReader stacks several files
+            array = sitk.GetArrayViewFromImage(img).transpose(3, 2, 1, 0)
+            channel_dim = 0
         affine = affine_ras(img)
         meta = {
             "spacing": np.asarray(img.GetSpacing()),
@@ -66,7 +71,7 @@ class SimpleITKImageReader(ImageReader):
             MetaKeys.AFFINE: affine.copy(),
             MetaKeys.SPACE: SpaceKeys.RAS,
             MetaKeys.SPATIAL_SHAPE: np.asarray(img.GetSize()),
-            MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan"),
+            MetaKeys.ORIGINAL_CHANNEL_DIM: channel_dim,
         }
         return array, meta
 
