@@ -59,6 +59,8 @@ def _centre_output_bias(runtime: Any, seed: int) -> None:
     """Shift the last output bias so every channel's mean logit on a phantom patch is equal: random weights
     then give a patchwork of many labels instead of one, at no training cost."""
     image = phantom(seed + 100, crop_mm=150)
+    if runtime.spec.channels:  # a bundle of several series: the phantom in each channel
+        image = sitk.Compose([sitk.Cast(image, sitk.sitkFloat32)] * len(runtime.spec.channels))
     runtime.loader.image = image
     item = runtime.preprocessing({runtime.image_key: "phantom"})
     runtime.loader.image = None
