@@ -97,11 +97,12 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One run of a model on one series.
+    """One run of a model on one series, or on several series of a study (its ``inputs``, one per channel).
 
-    States: ``waiting`` (a job of several series of a study, until each channel has its series; its
-    ``not_before`` is then the deadline) → ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to ``queued`` with a later
-    ``not_before`` until ``max_attempts``, then ``failed``; input that can never work ends ``rejected``.
+    States: ``waiting`` (a job of several series, until each channel has its series; ``not_before`` is
+    then its deadline) → ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to
+    ``queued`` with a later ``not_before`` until ``max_attempts``, then ``failed``; input that can never
+    work ends ``rejected``.
     A job made because its series grew ``supersedes`` the series' previous job: its results replace that
     job's, which are retracted wherever a send of them was started (and never sent again); a previous job
     that had not started yet ends ``superseded``.
