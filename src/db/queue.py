@@ -120,6 +120,8 @@ def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.da
                     continue
                 job = _job(series, plan, policy, JobState.QUEUED, now, now,
                            _replace_earlier_jobs(session, series, plan.model, now))
+                session.add(job)
+                session.flush()
                 replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
                 by = f"; route {plan.route}" if plan.route else ""
                 session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
@@ -163,6 +165,7 @@ def _enqueue_channel(session: Session, series: Series, plan: Planned, policy: Qu
     if ran is not None:
         job = _job(ran.series, plan, policy, JobState.QUEUED, now, now,
                    _replace_earlier_jobs(session, series, plan.model, now))
+        session.add(job)
         for i in ran.inputs:
             session.add(JobInput(job=job, position=i.position, channel=i.channel, series_id=i.series_id))
         session.flush()
@@ -176,6 +179,7 @@ def _enqueue_channel(session: Session, series: Series, plan: Planned, policy: Qu
     if series.id not in fills.values():
         return []  # it fits none of the channels the study's earlier series left empty
     job = _job(series, plan, policy, JobState.WAITING, now, now + dt.timedelta(seconds=plan.channel_wait_seconds))
+    session.add(job)
     for position, channel in enumerate(plan.channels):
         session.add(JobInput(job=job, position=position, channel=channel.name))
     session.flush()
