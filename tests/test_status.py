@@ -252,7 +252,7 @@ def test_metrics_from_the_database(page: StatusServer, database: Database) -> No
     assert value(found["ainode_database_up"], "ainode_database_up") == 1
     jobs = found["ainode_jobs"]
     assert {s.labels["state"]: s.value for s in jobs} == {"queued": 2, "running": 0, "succeeded": 1, "failed": 0,
-                                                          "rejected": 1, "superseded": 0}
+                                                          "rejected": 1, "superseded": 0, "waiting": 0}
     assert value(found["ainode_queue_depth"], "ainode_queue_depth") == 2
     assert value(found["ainode_queue_due"], "ainode_queue_due") == 1
     assert 0 < value(found["ainode_queue_oldest_age_seconds"], "ainode_queue_oldest_age_seconds") < 60

@@ -117,7 +117,7 @@ def jobs_table(rows: list[monitor.JobRow]) -> str:
         [[_job_link(row.id), _state(row.state), cell(row.patient_id), cell(row.series_instance_uid),
           cell(row.series_description), cell(row.modality), str(row.instances), cell(row.model or "-"),
           f"{row.attempts}/{row.max_attempts}", cell(row.created_at.strftime("%F %T")), cell(row.stages),
-          cell(row.delivered), _supersedes(row) + cell(row.error or "")] for row in rows], numeric=(6,))
+          cell(row.delivered), _supersedes(row) + cell(row.reason)] for row in rows], numeric=(6,))
 
 
 def overview_page(view: Overview, state: str | None, csrf_token: str, notice: str = "") -> bytes:

@@ -11,7 +11,8 @@ from db.states import JobState
 from worker.models.spec import ModelSpec
 
 STATE_STYLE: dict[str, str] = {JobState.SUCCEEDED: "green", JobState.FAILED: "red", JobState.REJECTED: "magenta",
-                               JobState.RUNNING: "cyan", JobState.QUEUED: "yellow", JobState.SUPERSEDED: "dim"}
+                               JobState.RUNNING: "cyan", JobState.QUEUED: "yellow", JobState.SUPERSEDED: "dim",
+                               JobState.WAITING: "blue"}
 
 
 def jobs_table(rows: list[JobRow]) -> Table:
@@ -24,7 +25,7 @@ def jobs_table(rows: list[JobRow]) -> Table:
             str(row.id), Text(row.state, style=STATE_STYLE.get(row.state, "")), row.patient_id,
             "…" + row.series_instance_uid[-12:], row.modality, str(row.instances), row.model or "-",
             f"{row.attempts}/{row.max_attempts}", row.stages, row.delivered,
-            (f"supersedes job {row.supersedes}; " if row.supersedes else "") + (row.error or ""),
+            (f"supersedes job {row.supersedes}; " if row.supersedes else "") + row.reason,
         )
     return table
 
@@ -40,7 +41,7 @@ def job_view(detail: JobDetail) -> Group:
         ("created", str(row.created_at)), ("finished", str(row.finished_at or "-")),
         ("lease", f"{detail.lease_owner} until {detail.lease_expires_at}" if detail.lease_owner else "-"),
         ("supersedes", f"job {row.supersedes}" if row.supersedes else "-"),
-        ("stages", row.stages or "-"), ("delivered", row.delivered), ("error", row.error or "-"),
+        ("stages", row.stages or "-"), ("delivered", row.delivered), ("error", row.reason or "-"),
     ):
         head.add_row(Text(key, style="bold"), value)
     events = Table(title="events")

@@ -97,10 +97,12 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One run of a model on one series.
+    """One run of a model on one series, or on several series of a study (its ``inputs``, one per channel).
 
-    States: ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to ``queued`` with a later
-    ``not_before`` until ``max_attempts``, then ``failed``; input that can never work ends ``rejected``.
+    States: ``waiting`` (a job of several series, until each channel has its series; ``not_before`` is
+    then its deadline) → ``queued`` → ``running`` → ``succeeded``; a failed attempt goes back to
+    ``queued`` with a later ``not_before`` until ``max_attempts``, then ``failed``; input that can never
+    work ends ``rejected``.
     A job made because its series grew ``supersedes`` the series' previous job: its results replace that
     job's, which are retracted wherever a send of them was started (and never sent again); a previous job
     that had not started yet ends ``superseded``.
@@ -132,9 +134,26 @@ class Job(Base):
     supersedes: Mapped["Job | None"] = relationship(remote_side=[id])
     events: Mapped[list["JobEvent"]] = relationship(back_populates="job", order_by="JobEvent.id")
     results: Mapped[list["Result"]] = relationship(back_populates="job", order_by="Result.id")
+    inputs: Mapped[list["JobInput"]] = relationship(back_populates="job", order_by="JobInput.position")
 
     __table_args__ = (Index("ix_jobs_state_not_before", "state", "not_before"),
                       Index("ix_jobs_created_at", "created_at"))  # jobs of the last hour and day
+
+
+class JobInput(Base):
+    """One channel of a job whose model takes several series of a study (T1c, T1, T2, FLAIR): the series
+    that fills it, None while the job waits for one. A job of one series has no inputs."""
+
+    __tablename__ = "job_inputs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)  # the channel's place in the model's input
+    channel: Mapped[str] = mapped_column(String(64))
+    series_id: Mapped[int | None] = mapped_column(ForeignKey("series.id"), nullable=True, index=True)
+
+    job: Mapped[Job] = relationship(back_populates="inputs")
+    series: Mapped[Series | None] = relationship()
 
 
 class JobEvent(Base):

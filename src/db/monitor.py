@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from db.engine import Database
-from db.models import Delivery, Instance, Job, JobEvent, Result, Series, Study
-from db.states import DeliveryState, JobEventKind, SeriesState
+from db.models import Delivery, Instance, Job, JobEvent, JobInput, Result, Series, Study
+from db.states import DeliveryState, JobEventKind, JobState, SeriesState
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,14 @@ class JobRow:
     delivery_states: dict[str, int] = field(default_factory=dict)  # deliveries of its results, per state
     patient_name: str = ""
     series_description: str = ""
+    missing_channels: tuple[str, ...] = ()  # a waiting job's channels no series of the study filled yet
+
+    @property
+    def reason(self) -> str:
+        """What people read beside the state: why it failed, or what a waiting job still waits for."""
+        if self.missing_channels:
+            return f"waiting for channels {', '.join(self.missing_channels)}"
+        return self.error or ""
 
     @property
     def stages(self) -> str:
@@ -117,13 +125,24 @@ def _delivery_states(session: Session, job_ids: list[int]) -> dict[int, dict[str
     return out
 
 
-def _row(job: Job, series: Series, study: Study, stages: dict[str, float], deliveries: dict[str, int]) -> JobRow:
+def _missing_channels(session: Session, job_ids: list[int]) -> dict[int, tuple[str, ...]]:
+    rows = session.execute(select(JobInput.job_id, JobInput.channel).where(
+        JobInput.job_id.in_(job_ids), JobInput.series_id.is_(None)).order_by(JobInput.job_id, JobInput.position))
+    out: dict[int, tuple[str, ...]] = {}
+    for job_id, channel in rows:
+        out[job_id] = (*out.get(job_id, ()), channel)
+    return out
+
+
+def _row(job: Job, series: Series, study: Study, stages: dict[str, float], deliveries: dict[str, int],
+         missing: tuple[str, ...] = ()) -> JobRow:
     return JobRow(
         id=job.id, state=job.state, patient_id=study.patient_id, study_instance_uid=study.study_instance_uid,
         series_instance_uid=series.series_instance_uid, modality=series.modality, instances=series.instance_count,
         model=job.model, attempts=job.attempts, max_attempts=job.max_attempts, created_at=job.created_at,
         finished_at=job.finished_at, stage_seconds=stages, error=job.error, supersedes=job.supersedes_job_id,
         delivery_states=deliveries, patient_name=study.patient_name, series_description=series.series_description,
+        missing_channels=missing if job.state == JobState.WAITING else (),
     )
 
 
@@ -137,7 +156,8 @@ def jobs(db: Database, limit: int = 50, state: str | tuple[str, ...] | None = No
         found = session.execute(query).all()
         ids = [job.id for job, _, _ in found]
         stages, deliveries = _stage_seconds(session, ids), _delivery_states(session, ids)
-        return [_row(job, series, study, stages.get(job.id, {}), deliveries.get(job.id, {}))
+        missing = _missing_channels(session, ids)
+        return [_row(job, series, study, stages.get(job.id, {}), deliveries.get(job.id, {}), missing.get(job.id, ()))
                 for job, series, study in found]
 
 
@@ -147,7 +167,8 @@ def job(db: Database, job_id: int) -> JobDetail | None:
         if found is None:
             return None
         row = _row(found, found.series, found.series.study, _stage_seconds(session, [job_id]).get(job_id, {}),
-                   _delivery_states(session, [job_id]).get(job_id, {}))
+                   _delivery_states(session, [job_id]).get(job_id, {}),
+                   _missing_channels(session, [job_id]).get(job_id, ()))
         events = [EventRow(e.at, e.kind, e.attempt, e.stage, e.seconds, e.worker, e.message) for e in found.events]
         results = [ResultRow(r.kind, r.sop_instance_uid, r.path) for r in found.results]
         deliveries = [

@@ -17,12 +17,12 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from db import superseding
+from db import channels, superseding
 from db.backoff import Backoff
 from db.engine import Database
 from db.errors import RejectedInput
-from db.models import Delivery, Instance, Job, JobEvent, Result, Series, utcnow
-from db.routing import Router, SettledSeries
+from db.models import Delivery, Instance, Job, JobEvent, JobInput, Result, Series, Study, utcnow
+from db.routing import Planned, Router, SettledSeries
 from db.states import FINAL_JOB_STATES, DeliveryState, JobState, SeriesState
 from db.states import JobEventKind as Event
 
@@ -38,14 +38,6 @@ class QueuePolicy(Backoff):
 
 
 @dataclass(frozen=True)
-class ChannelInput:
-    name: str
-    series_instance_uid: str
-    modality: str
-    instance_paths: tuple[str, ...]  # relative to the storage root, not purged, in Instance.id order
-
-
-@dataclass(frozen=True)
 class ClaimedJob:
     """What a worker needs to process a job; instance paths are relative to the storage root."""
 
@@ -57,7 +49,15 @@ class ClaimedJob:
     instance_paths: tuple[str, ...]
     superseded: tuple[ResultFile, ...] = ()  # the replaced job's results that have or may have reached a destination
     model: str = ""  # the configured name of the model that runs it
-    channels: tuple[ChannelInput, ...] = ()  # a model whose input is several series: each, the first is the above
+    channels: tuple[ChannelInput, ...] = ()  # a model of several series: one per channel, the first's grid above
+
+
+@dataclass(frozen=True)
+class ChannelInput:
+    name: str
+    series_instance_uid: str
+    modality: str
+    instance_paths: tuple[str, ...]  # relative to the storage root, not purged, in Instance.id order
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.da
     quiet: for its peer's settle time (or ``settle_seconds``), or ``incomplete_settle_seconds`` when the
     transfer may have left it partial, so a sender's retry comes before any result. A series no route takes
     is recorded as not routed, with the reason. A series that grew after its results were made gets, per
-    model, a job that supersedes the previous one."""
+    model, a job that supersedes the previous one. A model with channels gets one job per study that waits
+    for a series per channel (``_enqueue_channel``), rejected past its deadline. Returns the jobs queued."""
     now = now or utcnow()
     created = []
     with db.transaction() as session:
@@ -114,10 +115,11 @@ def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.da
             series.state, series.routing_note = SeriesState.QUEUED, None
             how = f" after an incomplete transfer ({series.incomplete_reason})" if series.incomplete_reason else ""
             for plan in routing.jobs:
-                job = Job(series=series, model=plan.model, route=plan.route, priority=plan.priority,
-                          destinations=json.dumps(list(plan.destinations)) if plan.destinations is not None else None,
-                          state=JobState.QUEUED, max_attempts=policy.max_attempts, not_before=now, created_at=now,
-                          supersedes=_replace_earlier_jobs(session, series, plan.model, now))
+                if plan.channels:
+                    created += _enqueue_channel(session, series, plan, policy, now)
+                    continue
+                job = _job(series, plan, policy, JobState.QUEUED, now, now,
+                           _replace_earlier_jobs(session, series, plan.model, now))
                 session.add(job)
                 session.flush()
                 replaces = f"; supersedes job {job.supersedes_job_id}" if job.supersedes_job_id else ""
@@ -125,14 +127,109 @@ def enqueue_settled(db: Database, policy: QueuePolicy, route: Router, now: dt.da
                 session.add(_event(job, Event.QUEUED, f"series settled with {series.instance_count} instances"
                                    f"{how}{by}{replaces}"))
                 created.append(job.id)
+        _reject_overdue(session, route, now)
     return created
 
 
+def _job(series: Series, plan: Planned, policy: QueuePolicy, state: JobState, now: dt.datetime,
+         not_before: dt.datetime, supersedes: Job | None = None) -> Job:
+    return Job(series=series, model=plan.model, route=plan.route, priority=plan.priority,
+               destinations=json.dumps(list(plan.destinations)) if plan.destinations is not None else None,
+               state=state, max_attempts=policy.max_attempts, not_before=not_before, created_at=now,
+               supersedes=supersedes)
+
+
+def _enqueue_channel(session: Session, series: Series, plan: Planned, policy: QueuePolicy,
+                     now: dt.datetime) -> list[int]:
+    """A settled series for a model of several series: it fills a channel of the study's waiting job; or,
+    when it is a channel of an earlier job, it grew, and a job on the same inputs supersedes that one; or it
+    starts a waiting job, with the study's series settled before it. Returns the job if it is now queued."""
+    session.get(Study, series.study_id, with_for_update=True)  # one node at a time decides for a study
+    settled = SettledSeries.of(series)
+    study_jobs = (select(Job).join(Series, Job.series_id == Series.id).order_by(Job.id.desc())
+                  .where(Series.study_id == series.study_id, Job.model == plan.model,
+                         Job.route.is_not_distinct_from(plan.route)))
+    waiting = session.scalars(study_jobs.where(Job.state == JobState.WAITING)).first()
+    by_name = {c.name: c for c in plan.channels}
+    if waiting is not None:
+        empty = [(i.position, by_name[i.channel]) for i in waiting.inputs
+                 if i.series_id is None and i.channel in by_name]
+        taken = any(i.series_id == series.id for i in waiting.inputs)
+        fills = {} if taken else channels.assign(empty, [(series.id, settled)])
+        if not fills:
+            session.add(_event(waiting, Event.SERIES_IGNORED, channels.unfitted(settled, [c for _, c in empty])))
+            return []
+        return _fill(waiting, {position: series for position in fills}, now, session)
+    ran = next((job for job in session.scalars(study_jobs.where(Job.inputs.any(JobInput.series_id == series.id)))
+                if all(i.series_id is not None for i in job.inputs)), None)
+    if ran is not None:
+        job = _job(ran.series, plan, policy, JobState.QUEUED, now, now,
+                   _replace_earlier_jobs(session, series, plan.model, now))
+        session.add(job)
+        for i in ran.inputs:
+            session.add(JobInput(job=job, position=i.position, channel=i.channel, series_id=i.series_id))
+        session.flush()
+        session.add(_event(job, Event.QUEUED, f"series {series.series_instance_uid} grew to {series.instance_count} "
+                           f"instances; the same channels again; supersedes job {job.supersedes_job_id}"))
+        return [job.id]
+    others = session.scalars(select(Series).where(Series.study_id == series.study_id, Series.id != series.id,
+                                                  Series.state != SeriesState.RECEIVING)).all()
+    candidates = {s.id: s for s in sorted([series, *others], key=lambda s: s.id)}
+    fills = channels.assign(list(enumerate(plan.channels)), [(k, SettledSeries.of(s)) for k, s in candidates.items()])
+    if series.id not in fills.values():
+        return []  # it fits none of the channels the study's earlier series left empty
+    job = _job(series, plan, policy, JobState.WAITING, now, now + dt.timedelta(seconds=plan.channel_wait_seconds))
+    session.add(job)
+    for position, channel in enumerate(plan.channels):
+        session.add(JobInput(job=job, position=position, channel=channel.name))
+    session.flush()
+    by = f"; route {plan.route}" if plan.route else ""
+    session.add(_event(job, Event.WAITING, f"study {series.study.study_instance_uid}: waiting up to "
+                       f"{plan.channel_wait_seconds:g} s for a series per channel "
+                       f"({', '.join(by_name)}){by}"))
+    return _fill(job, {position: candidates[key] for position, key in fills.items()}, now, session)
+
+
+def _fill(job: Job, fills: Mapping[int, Series], now: dt.datetime, session: Session) -> list[int]:
+    """Put each series in its channel; a job whose channels are all filled is queued, on the first's series."""
+    for i in job.inputs:
+        if i.position in fills:
+            i.series = fills[i.position]
+            session.add(_event(job, Event.CHANNEL_FILLED, f"channel {i.channel}: series "
+                               f"{i.series.series_instance_uid} ({i.series.instance_count} instances)"))
+    first = job.inputs[0].series
+    if first is None or any(i.series is None for i in job.inputs):
+        return []
+    job.series = first
+    job.state, job.not_before = JobState.QUEUED, now
+    session.add(_event(job, Event.QUEUED, "every channel has its series: " + ", ".join(
+        f"{i.channel} {i.series.series_instance_uid}" for i in job.inputs if i.series is not None)))
+    return [job.id]
+
+
+def _reject_overdue(session: Session, route: Router, now: dt.datetime) -> None:
+    """Waiting jobs past their deadline end ``rejected``, naming each empty channel and why each of the
+    study's settled series stayed out of it."""
+    for job in session.scalars(select(Job).where(Job.state == JobState.WAITING, Job.not_before <= now)
+                               .with_for_update(skip_locked=True)).all():
+        study = job.series.study
+        settled = [s for s in sorted(study.series, key=lambda s: s.id) if s.state != SeriesState.RECEIVING]
+        plan = channels.plan_of(route, [SettledSeries.of(s) for s in settled], job.model, job.route)
+        filled = {i.series_id: i.channel for i in job.inputs if i.series_id is not None}
+        job.error = channels.overdue([i.channel for i in job.inputs if i.series_id is None],
+                                     plan.channels if plan else (), study.study_instance_uid,
+                                     (job.not_before - job.created_at).total_seconds(),
+                                     [(SettledSeries.of(s), filled.get(s.id)) for s in settled])
+        job.state, job.finished_at = JobState.REJECTED, now
+        session.add(_event(job, Event.REJECTED, job.error))
+
+
 def _replace_earlier_jobs(session: Session, series: Series, model: str, now: dt.datetime) -> Job | None:
-    """The series' jobs of this model not yet started end ``superseded``; the latest one that made or is
-    making results is the one a new job supersedes."""
-    earlier = session.scalars(select(Job).where(Job.series_id == series.id, Job.model == model)
-                              .order_by(Job.id.desc())).all()
+    """The jobs of this model on the series (or with it as a channel) not yet started end ``superseded``;
+    the latest one that made or is making results is the one a new job supersedes."""
+    earlier = session.scalars(select(Job).where(
+        or_(Job.series_id == series.id, Job.inputs.any(JobInput.series_id == series.id)), Job.model == model,
+        Job.state != JobState.WAITING).order_by(Job.id.desc())).all()
     for job in earlier:
         if job.state == JobState.QUEUED:
             job.state, job.finished_at = JobState.SUPERSEDED, now
@@ -174,14 +271,19 @@ def claim(db: Database, worker: str, policy: QueuePolicy, models: Mapping[str, L
             job.model_version, job.device = models[str(job.model)].version, models[str(job.model)].device
             session.add(_event(job, Event.CLAIMED, f"attempt {job.attempts} of {job.max_attempts}", worker=worker))
             series = job.series
-            paths = session.scalars(
-                select(Instance.path).where(Instance.series_id == series.id, Instance.purged_at.is_(None))
-                .order_by(Instance.id)
-            ).all()
             retracted = tuple(ResultFile(r.kind, r.sop_class_uid, r.sop_instance_uid, r.series_instance_uid, r.path)
                               for r in superseding.withdraw(session, job.supersedes))
+            inputs = tuple(ChannelInput(i.channel, i.series.series_instance_uid, i.series.modality,
+                                        _paths(session, i.series)) for i in job.inputs if i.series is not None)
             return ClaimedJob(job.id, job.attempts, series.series_instance_uid, series.study.study_instance_uid,
-                              series.modality, tuple(paths), retracted, model=str(job.model))
+                              series.modality, _paths(session, series), retracted, model=str(job.model),
+                              channels=inputs)
+    return None
+
+
+def _paths(session: Session, series: Series) -> tuple[str, ...]:
+    return tuple(session.scalars(select(Instance.path).where(Instance.series_id == series.id,
+                                                             Instance.purged_at.is_(None)).order_by(Instance.id)))
     return None
 
 
@@ -279,7 +381,10 @@ def retry(db: Database, job_id: int, max_attempts: int | None = None, by: str = 
         job = session.get(Job, job_id, with_for_update=True)
         if job is None or job.state not in FINAL_JOB_STATES:
             return False
-        series = session.get(Series, job.series_id, with_for_update=True)  # retention locks it too
+        for series_id in sorted({job.series_id, *(i.series_id for i in job.inputs if i.series_id is not None)}):
+            series = session.get(Series, series_id, with_for_update=True)  # retention locks it too
+            if series is not None and series.purged_at is not None:
+                break
         if series is not None and series.purged_at is not None:
             raise RejectedInput(f"job {job_id} cannot be queued again: retention deleted the files of series "
                                 f"{series.series_instance_uid} on {series.purged_at:%Y-%m-%d %H:%M} UTC; "

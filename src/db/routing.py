@@ -41,13 +41,15 @@ class Channel:
     study the conditions take."""
 
     name: str  # e.g. "T1c"
-    failing: Callable[[SettledSeries], str | None]  # None when the series fits, else why not, for people
+    failing: Callable[[SettledSeries], str | None]  # None when the series fits, else the first failing condition
 
 
 @dataclass(frozen=True)
 class Planned:
     """One job to make: its model, the route that chose it, its priority (higher first) and destinations
-    (None: the node's default ones)."""
+    (None: the node's default ones). A model with ``channels`` runs once on several series of the study,
+    one per channel, when all have settled; a study whose channels are not all filled within
+    ``channel_wait_seconds`` of the first is rejected, naming the missing ones."""
 
     model: str
     route: str | None = None

@@ -13,6 +13,7 @@ class SeriesState(StrEnum):
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # for the other series of its study its model takes as channels (its deadline: not_before)
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -48,3 +49,6 @@ class JobEventKind(StrEnum):
     REJECTED = "rejected"
     REQUEUED = "requeued"
     SUPERSEDED = "superseded"
+    WAITING = "waiting"  # made for a channel series; the study's other channels are still missing
+    CHANNEL_FILLED = "channel-filled"  # a settled series of the study became one of its channels
+    SERIES_IGNORED = "series-ignored"  # a settled series of the study fits none of its unfilled channels
