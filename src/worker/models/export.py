@@ -93,9 +93,10 @@ def description(spec: UNetSpec, kind: Format, weights: str, digest: str) -> str:
 
 
 def example_window(spec: UNetSpec, seed: int = 0) -> torch.Tensor:
-    """A (1, 1, roi) window of smooth values in [0, 1], like a windowed CT, for tracing and parity checks."""
+    """A (1, channels, roi) window of smooth values in [0, 1], like a windowed CT, for tracing and parity
+    checks."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((1, 1, *(max(2, s // 8) for s in spec.inference.roi_size)), generator=generator)
+    coarse = torch.rand((1, spec.in_channels, *(max(2, s // 8) for s in spec.inference.roi_size)), generator=generator)
     return torch.nn.functional.interpolate(coarse, size=spec.inference.roi_size, mode="trilinear")
 
 
@@ -132,7 +133,7 @@ def file_digest(path: Path) -> str:
 
 def quantize_int8(spec: ExportedSpec, windows: Iterable[np.ndarray], out: Path) -> Path:
     """An int8 copy of an exported ONNX model (static QDQ quantization calibrated on ``windows``, each a
-    (1, 1, roi) float32 array from real or phantom images) with its description; the description's path."""
+    (1, channels, roi) float32 array from real or phantom images) with its description; the description's path."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
