@@ -75,9 +75,22 @@ def _toml(value: Any) -> str:
 def description(spec: UNetSpec, kind: Format, weights: str, digest: str) -> str:
     """The ``model.toml`` of the exported model: the source's description with its kind and file."""
     data = spec.model_dump(mode="json", exclude={"architecture", "weights", "path"})
-    lines = [f"# Exported by `ainode export` from {spec.name} {spec.version} ({str(spec.path)!r}).",
-             f"kind = {_toml(kind)}", f"weights = {_toml(weights)}"]
-    tables: list[str] = []
+    head = [f"# Exported by `ainode export` from {spec.name} {spec.version} ({str(spec.path)!r}).",
+            f"kind = {_toml(kind)}", f"weights = {_toml(weights)}"]
+    source = ["", "[exported_from]", 'kind = "ainode"', f"name = {_toml(spec.name)}",
+              f"version = {_toml(spec.version)}", f"weights_sha256 = {_toml(digest)}"]
+    return _model_toml(head, data, source)
+
+
+def model_file(spec: UNetSpec, weights: str, comment: str) -> str:
+    """An ``ainode`` kind's ``model.toml`` for ``spec`` with its weights in ``weights`` (what ``ainode train``
+    writes beside the weights it trained)."""
+    data = spec.model_dump(mode="json", exclude={"weights", "path"})
+    return _model_toml([f"# {comment}", f"weights = {_toml(weights)}"], data, [])
+
+
+def _model_toml(head: list[str], data: dict[str, Any], extra: list[str]) -> str:
+    lines, tables = list(head), []
     for key, value in data.items():
         if key == "labels":
             continue
@@ -85,8 +98,7 @@ def description(spec: UNetSpec, kind: Format, weights: str, digest: str) -> str:
             tables += ["", f"[{key}]"] + [f"{k} = {_toml(v)}" for k, v in value.items() if v is not None]
         elif value is not None and value != [] and value != ():
             lines.append(f"{key} = {_toml(value)}")
-    tables += ["", "[exported_from]", 'kind = "ainode"', f"name = {_toml(spec.name)}",
-               f"version = {_toml(spec.version)}", f"weights_sha256 = {_toml(digest)}"]
+    tables += extra
     for label in data["labels"]:
         tables += ["", "[[labels]]"] + [f"{k} = {_toml(v)}" for k, v in label.items() if v is not None]
     return "\n".join(lines + tables) + "\n"
