@@ -53,7 +53,8 @@ def _centre(case: PreparedCase, rng: np.random.Generator, a: Augmentation) -> np
 
 def sample_patch(case: PreparedCase, size: int, rng: np.random.Generator,
                  augmentation: Augmentation = Augmentation()) -> tuple[np.ndarray, np.ndarray]:
-    """One augmented (image, labels) patch of ``size``³ voxels from ``case``."""
+    """One augmented (image, labels) patch of ``size``³ voxels from ``case``; the image (C, size³) when the
+    case has C channels."""
     a = augmentation
     stretch = rng.uniform(1 - a.stretch, 1 + a.stretch, size=3)
     transform = _rotation(rng, a.rotate_deg) * rng.uniform(*a.scale) * stretch[None, :]
@@ -74,17 +75,21 @@ def sample_patch(case: PreparedCase, size: int, rng: np.random.Generator,
     theta = np.concatenate([matrix[::-1, ::-1], shift[::-1, None]], axis=1)
     where = F.affine_grid(torch.from_numpy(theta.astype(np.float32))[None], [1, 1, size, size, size],
                           align_corners=True)
-    image = torch.from_numpy(case.image[block].astype(np.float32))[None, None]
+    channels = case.image.ndim == 4
+    image = torch.from_numpy(case.image[(slice(None), *block) if channels else block].astype(np.float32))
+    image = image[None] if channels else image[None, None]
     labels = torch.from_numpy(case.labels[block].astype(np.float32))[None, None]
-    x = F.grid_sample(image, where, mode="bilinear", padding_mode="border", align_corners=True)[0, 0].numpy()
+    x = F.grid_sample(image, where, mode="bilinear", padding_mode="border", align_corners=True)[0].numpy()
+    x = x if channels else x[0]
     y = F.grid_sample(labels, where, mode="nearest", padding_mode="border", align_corners=True)[0, 0].numpy()
     for axis, chance in enumerate(a.flip):
         if rng.random() < chance:
-            x, y = np.flip(x, axis), np.flip(y, axis)
+            x, y = np.flip(x, axis + channels), np.flip(y, axis)
     x = x * (1 + rng.uniform(-a.intensity_scale, a.intensity_scale)) + rng.uniform(-a.intensity_shift,
                                                                                  a.intensity_shift)
     if rng.random() < a.blur[0]:
-        x = ndimage.gaussian_filter(x, rng.uniform(0.3, a.blur[1]))
+        sigma = rng.uniform(0.3, a.blur[1])
+        x = ndimage.gaussian_filter(x, (0.0, sigma, sigma, sigma) if channels else sigma)
     if rng.random() < a.noise[0]:
         x = x + rng.normal(0, rng.uniform(0, a.noise[1]), size=x.shape)
     return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y, dtype=np.uint8)

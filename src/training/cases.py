@@ -16,7 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from scipy import ndimage
 
 from db.storage import write_atomic
-from training.nifti import CasePair, read_case
+from training.nifti import CasePair, DatasetError, read_case
 from training.phantom import PhantomCase, make_case
 from worker.models.grid import image_from_array, labels_to_model_space, to_model_space
 from worker.models.spec import UNetSpec
@@ -34,7 +34,8 @@ def progress() -> Progress:
 
 @dataclass(frozen=True)
 class PreparedCase:
-    """One case on the model grid: intensities in [0, 1] (float16 to halve the memory) and labels."""
+    """One case on the model grid: normalised intensities, (z, y, x) or (channels, z, y, x) (float16 to
+    halve the memory), and labels (z, y, x)."""
 
     name: str
     kind: str  # "real" or the phantom's region
@@ -55,6 +56,8 @@ class PreparedCase:
         """Flat indices of unlabelled voxels as dark as air inside the body (trachea, bowel gas, sinuses,
         the table's foam): where a model learns what is not lung. The body is what tissue encloses, slice by
         slice, so the air around the patient is left out."""
+        if self.image.ndim != 3 or self.kind.startswith("mr-"):
+            return np.zeros(0, dtype=np.int64)  # "as dark as air" is a CT window's notion
         dark = self.image < DARK
         inside = np.zeros_like(dark)
         for k in range(dark.shape[0]):
@@ -106,9 +109,9 @@ def prepare_real(pairs: list[CasePair], spec: UNetSpec, cache: Path | None = Non
     with progress() as bar:
         task = bar.add_task("real cases", total=len(pairs), info="")
         for pair in pairs:
-            stat = pair.image.stat(), pair.label.stat()
-            path, case = _cached(cache, pair.name, _key(spec, pair.image.resolve(), stat[0].st_size, stat[0].st_mtime,
-                                                        pair.label.resolve(), stat[1].st_size, stat[1].st_mtime))
+            files = [*pair.images, pair.label]
+            path, case = _cached(cache, pair.name, _key(spec, spec.channels, *[
+                part for f in files for part in (f.resolve(), f.stat().st_size, f.stat().st_mtime)]))
             if case is None:
                 case = _prepared(pair.name, "real", *read_case(pair, spec), spec)
                 _store(path, case)
@@ -119,7 +122,10 @@ def prepare_real(pairs: list[CasePair], spec: UNetSpec, cache: Path | None = Non
 
 def prepare_phantoms(seeds: list[int], regions: list[str], spec: UNetSpec, cache: Path | None = None,
                      matrix: int = 160) -> list[PreparedCase]:
-    """Phantom ``seeds[n]`` of region ``regions[n]``, on the model grid."""
+    """Phantom ``seeds[n]`` of region ``regions[n]``, on the model grid: CT, or for a model of several
+    channels MR phantoms (``training.mr``) of those contrasts."""
+    if spec.channels:
+        return _mr_phantoms(seeds, regions, spec, cache, matrix)
     out = []
     with progress() as bar:
         task = bar.add_task("phantoms", total=len(seeds), info="")
@@ -132,6 +138,26 @@ def prepare_phantoms(seeds: list[int], regions: list[str], spec: UNetSpec, cache
                 _store(path, case)
             out.append(case)
             bar.update(task, advance=1, info=f"{name} {case.image.shape}")
+    return out
+
+
+def _mr_phantoms(seeds: list[int], regions: list[str], spec: UNetSpec, cache: Path | None,
+                 matrix: int) -> list[PreparedCase]:
+    from training.mr import CONTRASTS, make_mr_case, mr_images
+
+    unknown = [c for c in spec.channels if c not in CONTRASTS]
+    if unknown:
+        raise DatasetError(f"model {spec.name}: no MR phantom has channel {unknown[0]!r} (they have "
+                           f"{', '.join(CONTRASTS)}); train with --phantoms 0")
+    out = []
+    for seed, region in zip(seeds, regions):
+        name = f"mr-phantom-{region}-{seed}"
+        path, case = _cached(cache, name, _key(spec, PHANTOM_VERSION, "mr", spec.channels, seed, region, matrix))
+        if case is None:
+            channels, labels = mr_images(make_mr_case(seed, spec.channels, region, matrix))
+            case = _prepared(name, f"mr-{region}", sitk.Compose(*channels), labels, spec)
+            _store(path, case)
+        out.append(case)
     return out
 
 

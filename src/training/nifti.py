@@ -1,5 +1,7 @@
 """Cases in NIfTI folders, the nnU-Net / Medical Segmentation Decathlon layout: ``imagesTr/<case>.nii.gz``
-(or ``<case>_0000.nii.gz``, nnU-Net's first channel) beside ``labelsTr/<case>.nii.gz``.
+(or ``<case>_0000.nii.gz``, nnU-Net's first channel) beside ``labelsTr/<case>.nii.gz``. A model of several
+channels reads ``<case>_0000``, ``<case>_0001``, ... in the order ``dataset.json``'s ``channel_names``
+gives them beside ``imagesTr``, matched to the model's ``channels`` by name.
 
 Every case is checked before any training starts, so an hour of training is never spent on data that was
 wrong from the beginning: a missing partner, image and label grids that differ, label values the model
@@ -8,6 +10,8 @@ file does not declare, an empty folder, a file that is not an image are refused 
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +36,13 @@ class CasePair:
     """One case: its name, its image file and its label file."""
 
     name: str
-    image: Path
+    image: Path  # the first channel
     label: Path
+    more: tuple[Path, ...] = ()  # the model's further channels, in its order
+
+    @property
+    def images(self) -> tuple[Path, ...]:
+        return (self.image, *self.more)
 
 
 def _case_name(path: Path) -> str | None:
@@ -61,9 +70,68 @@ def _cases_in(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
-def pair_cases(images: Path, labels: Path) -> list[CasePair]:
-    """Image and label files matched by case name; a case missing either is refused."""
-    image_files, label_files = _cases_in(images, "images"), _cases_in(labels, "labels")
+def dataset_channels(images: Path) -> tuple[str, ...] | None:
+    """The channel names of ``dataset.json`` beside ``images`` (in file order _0000, _0001, ...), if it has any."""
+    path = images.parent / "dataset.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        names = data.get("channel_names") or data.get("modality")  # nnU-Net v2, and the Decathlon's name
+    except (json.JSONDecodeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is not a JSON object: {exc}") from exc
+    if not names:
+        return None
+    return tuple(str(names[k]) for k in sorted(names, key=int))
+
+
+def channel_order(images: Path, spec: UNetSpec) -> list[int]:
+    """The file index (_000K) of each of the model's channels."""
+    named = dataset_channels(images)
+    if not spec.channels:
+        if named and len(named) > 1:
+            raise DatasetError(f"model {spec.name} takes one channel, but {images.parent / 'dataset.json'} names "
+                               f"{len(named)} ({', '.join(named)}): declare channels = {list(named)} in its model file")
+        return [0]
+    if named is None:
+        return list(range(len(spec.channels)))
+    missing = [c for c in spec.channels if c not in named]
+    if missing:
+        raise DatasetError(f"model {spec.name} takes channels {', '.join(spec.channels)}, but "
+                           f"{images.parent / 'dataset.json'} names {', '.join(named)} (no {', '.join(missing)})")
+    return [named.index(c) for c in spec.channels]
+
+
+def _channel_cases(folder: Path, order: list[int], spec: UNetSpec) -> dict[str, tuple[Path, ...]]:
+    if not folder.is_dir():
+        raise DatasetError(f"the images folder {folder} does not exist")
+    files: dict[str, dict[int, Path]] = {}
+    for path in sorted(folder.iterdir()):
+        name = _case_name(path)
+        match = re.fullmatch(r"(.+)_(\d{4})", name or "")
+        if match and not path.name.startswith("."):
+            files.setdefault(match[1], {})[int(match[2])] = path
+    if not files:
+        raise DatasetError(f"the images folder {folder} holds no channel file (<case>_0000.nii.gz)")
+    cases = {}
+    for case, found in files.items():
+        for channel, k in zip(spec.channels, order):
+            if k not in found:
+                raise DatasetError(f"case {case}: no {channel} channel file {case}_{k:04d}.nii.gz in {folder}")
+        cases[case] = tuple(found[k] for k in order)
+    return cases
+
+
+def pair_cases(images: Path, labels: Path, spec: UNetSpec | None = None) -> list[CasePair]:
+    """Image and label files matched by case name; a case missing either, or one of the model's channels,
+    is refused."""
+    order = channel_order(images, spec) if spec is not None else [0]
+    if spec is not None and spec.channels:
+        channels = _channel_cases(images, order, spec)
+        image_files = {name: files[0] for name, files in channels.items()}
+    else:
+        channels, image_files = {}, _cases_in(images, "images")
+    label_files = _cases_in(labels, "labels")
     unlabelled = sorted(set(image_files) - set(label_files))
     if unlabelled:
         raise DatasetError(f"case {unlabelled[0]}: image {image_files[unlabelled[0]].name} has no label in {labels}"
@@ -72,7 +140,8 @@ def pair_cases(images: Path, labels: Path) -> list[CasePair]:
     if orphans:
         raise DatasetError(f"case {orphans[0]}: label {label_files[orphans[0]].name} has no image in {images}"
                            + (f" (and {len(orphans) - 1} more cases)" if len(orphans) > 1 else ""))
-    return [CasePair(name, image_files[name], label_files[name]) for name in sorted(image_files)]
+    return [CasePair(name, image_files[name], label_files[name], channels[name][1:] if name in channels else ())
+            for name in sorted(image_files)]
 
 
 def _information(path: Path, case: str) -> sitk.ImageFileReader:
@@ -93,9 +162,14 @@ def _describe(reader: sitk.ImageFileReader) -> str:
 
 
 def _check_grids(pair: CasePair) -> None:
-    image, label = _information(pair.image, pair.name), _information(pair.label, pair.name)
+    for path in pair.images:
+        _check_grid(pair, path)
+
+
+def _check_grid(pair: CasePair, path: Path) -> None:
+    image, label = _information(path, pair.name), _information(pair.label, pair.name)
     if image.GetDimension() != 3 or image.GetNumberOfComponents() != 1:
-        raise DatasetError(f"case {pair.name}: image {pair.image.name} is not one 3D volume "
+        raise DatasetError(f"case {pair.name}: image {path.name} is not one 3D volume "
                            f"({image.GetDimension()}D, {image.GetNumberOfComponents()} components)")
     same = (image.GetSize() == label.GetSize()
             and np.allclose(image.GetSpacing(), label.GetSpacing(), rtol=SPACING_TOLERANCE, atol=0)
@@ -125,7 +199,7 @@ def read_label(pair: CasePair, spec: UNetSpec) -> sitk.Image:
 def check_cases(images: Path, labels: Path, spec: UNetSpec) -> list[CasePair]:
     """Every case paired, its grids equal and its label values declared; raises ``DatasetError`` naming the
     first case that is not."""
-    pairs = pair_cases(images, labels)
+    pairs = pair_cases(images, labels, spec)
     for pair in pairs:
         _check_grids(pair)
         read_label(pair, spec)
@@ -133,5 +207,12 @@ def check_cases(images: Path, labels: Path, spec: UNetSpec) -> list[CasePair]:
 
 
 def read_case(pair: CasePair, spec: UNetSpec) -> tuple[sitk.Image, sitk.Image]:
-    """Image (as float32, its values in the modality's units) and label of a checked case."""
-    return sitk.ReadImage(str(pair.image), sitk.sitkFloat32), read_label(pair, spec)
+    """Image (as float32, its values in the modality's units; a vector image of the model's channels when
+    it has several) and label of a checked case."""
+    image = sitk.ReadImage(str(pair.image), sitk.sitkFloat32)
+    if pair.more:
+        others = [sitk.ReadImage(str(path), sitk.sitkFloat32) for path in pair.more]
+        for other in others:
+            other.CopyInformation(image)  # equal within the tolerances checked
+        image = sitk.Compose(image, *others)
+    return image, read_label(pair, spec)

@@ -20,7 +20,7 @@ REGIONS = ("chest", "upper-abdomen", "abdomen", "pelvis", "head", "chest-abdomen
 WITHOUT_LUNGS = ("abdomen", "pelvis", "head")
 ORIENTATIONS = ("HFS", "FFS", "oblique")  # "tilt" (gantry tilt) only when asked for
 
-__all__ = ["LABEL_LUNG", "REGIONS", "WITHOUT_LUNGS", "Grid", "PhantomCase", "make_case", "label_centre"]
+__all__ = ["LABEL_LUNG", "REGIONS", "WITHOUT_LUNGS", "Grid", "PhantomCase", "make_case", "label_centre", "random_pose"]
 
 
 @dataclass(frozen=True)
@@ -98,6 +98,12 @@ def _rotation(rng: np.random.Generator, max_yaw_deg: float, max_tilt_deg: float)
     rx = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
     ry = np.array([[np.cos(roll), 0, np.sin(roll)], [0, 1, 0], [-np.sin(roll), 0, np.cos(roll)]])
     return rz @ rx @ ry
+
+
+def random_pose(rng: np.random.Generator) -> Pose:
+    """Where a random body lies on the table: a shift and a small turn."""
+    return Pose(np.array([rng.uniform(-30, 30), rng.uniform(-20, 40), rng.uniform(-200, 50)]),
+                _rotation(rng, 8.0, 3.0))
 
 
 def field_of_view(rng: np.random.Generator, anatomy: Anatomy, region: str) -> tuple[float, float, float]:
@@ -200,8 +206,7 @@ def make_case(seed: int, lesions: tuple[int, int] = (0, 3), region: str = "chest
     is the range of the number of lung nodules (part of the lung label)."""
     rng = np.random.default_rng(seed)
     anatomy = random_anatomy(rng, nodules=lesions)
-    pose = Pose(np.array([rng.uniform(-30, 30), rng.uniform(-20, 40), rng.uniform(-200, 50)]),
-                _rotation(rng, 8.0, 3.0))
+    pose = random_pose(rng)
     grid, position = random_grid(rng, anatomy, pose, region, **grid_options)  # type: ignore[arg-type]
     noise = float(np.exp(rng.uniform(np.log(5.0), np.log(60.0))))
     hu, labels = render(anatomy, pose, grid, rng, noise)

@@ -25,6 +25,7 @@ from db.storage import write_atomic
 from training.augment import Augmentation, sample_patch
 from training.cases import PreparedCase, progress
 from training.metrics import dice
+from worker.models.export import model_file
 from worker.models.spec import UNetSpec
 from worker.models.unet import build_network
 
@@ -55,7 +56,8 @@ def checkpoint_path(out: Path) -> Path:
 
 def _probabilities(network: torch.nn.Module, spec: UNetSpec, image: np.ndarray) -> np.ndarray:
     inf = spec.inference
-    tensor = torch.from_numpy(image.astype(np.float32))[None, None]
+    tensor = torch.from_numpy(image.astype(np.float32))
+    tensor = tensor[None, None] if tensor.ndim == 3 else tensor[None]
     with torch.inference_mode():
         logits = sliding_window_inference(tensor, roi_size=inf.roi_size, sw_batch_size=inf.sw_batch_size,
                                           predictor=network, overlap=inf.overlap, mode=inf.mode,
@@ -135,7 +137,8 @@ def train(spec: UNetSpec, out: Path, real: list[PreparedCase], phantoms: list[Pr
         for step in range(start_step, plan.steps):
             pairs = [sample_patch(_draw(real, phantoms, plan.real_share, rng), plan.patch, rng, augmentation)
                      for _ in range(plan.batch)]
-            xt = torch.from_numpy(np.stack([p[0] for p in pairs])[:, None])
+            x = np.stack([p[0] for p in pairs])
+            xt = torch.from_numpy(x if x.ndim == 5 else x[:, None])
             yt = torch.from_numpy(np.stack([p[1] for p in pairs])[:, None].astype(np.int64))
             optimiser.zero_grad(set_to_none=True)
             loss = loss_fn(network(xt), yt)
@@ -157,7 +160,21 @@ def train(spec: UNetSpec, out: Path, real: list[PreparedCase], phantoms: list[Pr
     report = TrainingReport(plan.steps, time.monotonic() - began, running, scores)
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) after {plan.steps} steps; this run took "
         f"{report.seconds:.0f} s for steps {start_step + 1}–{plan.steps}")
+    described = write_model_file(spec, out)
+    if described is not None:
+        log(f"wrote {described}, the model file of these weights")
     return report
+
+
+def write_model_file(spec: UNetSpec, out: Path) -> Path | None:
+    """``model.toml`` beside the weights: the model trained (channels, normalisation, grid, labels) with
+    these weights, ready for ``[models.NAME] kind = "ainode"``. The model file trained from is never
+    overwritten (when it is that file, it is left as it is)."""
+    path = out.parent / "model.toml"
+    if path.resolve() == spec.path.resolve():
+        return None
+    write_atomic(path, model_file(spec, out.name, f"Written by `ainode train` from {str(spec.path)!r}.").encode())
+    return path
 
 
 def _save_checkpoint(path: Path, network: torch.nn.Module, optimiser: torch.optim.Optimizer,

@@ -36,11 +36,14 @@ def body_mask(model_input: np.ndarray, window: tuple[float, float]) -> np.ndarra
 
 def restrict_to_body(probabilities: np.ndarray, model_input: np.ndarray, spec: GridModelSpec) -> np.ndarray:
     """``probabilities`` (C, z, y, x) with each ``inside_body`` label's share outside the body moved to the
-    background."""
+    background; a windowed (CT) model only, whose input is (z, y, x) or (channels, z, y, x)."""
     inside = [label.value for label in spec.labels if label.inside_body]
-    if not inside or probabilities.ndim != 4 or probabilities.shape[1:] != model_input.shape:
+    if spec.preprocess.normalize != "window":
+        return probabilities  # the body is found by its HU: CT only
+    first = model_input[0] if model_input.ndim == 4 else model_input  # several CT channels: the first's body
+    if not inside or probabilities.ndim != 4 or probabilities.shape[1:] != first.shape:
         return probabilities  # nothing to do, or an output ``runtime.check`` refuses with the reason
-    outside = ~body_mask(model_input, spec.preprocess.window)
+    outside = ~body_mask(first, spec.preprocess.window)
     for value in inside:
         probabilities[0][outside] += probabilities[value][outside]
         probabilities[value][outside] = 0.0

@@ -75,9 +75,22 @@ def _toml(value: Any) -> str:
 def description(spec: UNetSpec, kind: Format, weights: str, digest: str) -> str:
     """The ``model.toml`` of the exported model: the source's description with its kind and file."""
     data = spec.model_dump(mode="json", exclude={"architecture", "weights", "path"})
-    lines = [f"# Exported by `ainode export` from {spec.name} {spec.version} ({str(spec.path)!r}).",
-             f"kind = {_toml(kind)}", f"weights = {_toml(weights)}"]
-    tables: list[str] = []
+    head = [f"# Exported by `ainode export` from {spec.name} {spec.version} ({str(spec.path)!r}).",
+            f"kind = {_toml(kind)}", f"weights = {_toml(weights)}"]
+    source = ["", "[exported_from]", 'kind = "ainode"', f"name = {_toml(spec.name)}",
+              f"version = {_toml(spec.version)}", f"weights_sha256 = {_toml(digest)}"]
+    return _model_toml(head, data, source)
+
+
+def model_file(spec: UNetSpec, weights: str, comment: str) -> str:
+    """An ``ainode`` kind's ``model.toml`` for ``spec`` with its weights in ``weights`` (what ``ainode train``
+    writes beside the weights it trained)."""
+    data = spec.model_dump(mode="json", exclude={"weights", "path"})
+    return _model_toml([f"# {comment}", f"weights = {_toml(weights)}"], data, [])
+
+
+def _model_toml(head: list[str], data: dict[str, Any], extra: list[str]) -> str:
+    lines, tables = list(head), []
     for key, value in data.items():
         if key == "labels":
             continue
@@ -85,17 +98,17 @@ def description(spec: UNetSpec, kind: Format, weights: str, digest: str) -> str:
             tables += ["", f"[{key}]"] + [f"{k} = {_toml(v)}" for k, v in value.items() if v is not None]
         elif value is not None and value != [] and value != ():
             lines.append(f"{key} = {_toml(value)}")
-    tables += ["", "[exported_from]", 'kind = "ainode"', f"name = {_toml(spec.name)}",
-               f"version = {_toml(spec.version)}", f"weights_sha256 = {_toml(digest)}"]
+    tables += extra
     for label in data["labels"]:
         tables += ["", "[[labels]]"] + [f"{k} = {_toml(v)}" for k, v in label.items() if v is not None]
     return "\n".join(lines + tables) + "\n"
 
 
 def example_window(spec: UNetSpec, seed: int = 0) -> torch.Tensor:
-    """A (1, 1, roi) window of smooth values in [0, 1], like a windowed CT, for tracing and parity checks."""
+    """A (1, channels, roi) window of smooth values in [0, 1], like a windowed CT, for tracing and parity
+    checks."""
     generator = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((1, 1, *(max(2, s // 8) for s in spec.inference.roi_size)), generator=generator)
+    coarse = torch.rand((1, spec.in_channels, *(max(2, s // 8) for s in spec.inference.roi_size)), generator=generator)
     return torch.nn.functional.interpolate(coarse, size=spec.inference.roi_size, mode="trilinear")
 
 
@@ -132,7 +145,7 @@ def file_digest(path: Path) -> str:
 
 def quantize_int8(spec: ExportedSpec, windows: Iterable[np.ndarray], out: Path) -> Path:
     """An int8 copy of an exported ONNX model (static QDQ quantization calibrated on ``windows``, each a
-    (1, 1, roi) float32 array from real or phantom images) with its description; the description's path."""
+    (1, channels, roi) float32 array from real or phantom images) with its description; the description's path."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):

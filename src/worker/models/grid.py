@@ -1,4 +1,5 @@
-"""From the source grid to the grid of an ainode model (``model.toml``): orient, resample, window.
+"""From the source grid to the grid of an ainode model (``model.toml``): orient, resample, normalise
+(a CT window, or a z-score per MR channel).
 
 Training and inference both go through these functions, so the model sees at run time exactly the
 kind of input it was trained on. The way back to the source grid is ``runtime.to_source``.
@@ -11,7 +12,8 @@ import math
 import numpy as np
 import SimpleITK as sitk
 
-from worker.models.spec import PreprocessSpec
+from db.errors import RejectedInput
+from worker.models.spec import GridModelSpec, PreprocessSpec
 
 
 def model_grid(image: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
@@ -43,19 +45,49 @@ def model_grid(image: sitk.Image, spec: PreprocessSpec) -> sitk.Image:
 
 
 def to_model_space(image: sitk.Image, spec: PreprocessSpec) -> tuple[np.ndarray, sitk.Image]:
-    """Windowed, [0, 1]-scaled intensities on the model grid (array z, y, x) and that grid."""
+    """Normalised intensities on the model grid and that grid: an array (z, y, x) for an image of one
+    channel, (C, z, y, x) for a vector image (``sitk.Compose``) of C, each channel resampled and
+    normalised on its own."""
     grid = model_grid(image, spec)
+    count = image.GetNumberOfComponentsPerPixel()
+    if count == 1:
+        return _normalised(_resampled(image, grid), spec), grid
+    channels = [_normalised(_resampled(sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32), grid), spec)
+                for c in range(count)]
+    return np.stack(channels), grid
+
+
+def _resampled(image: sitk.Image, grid: sitk.Image) -> np.ndarray:
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(grid)
     resampler.SetInterpolator(sitk.sitkLinear)
     resampler.SetOutputPixelType(sitk.sitkFloat32)
     resampler.SetUseNearestNeighborExtrapolator(True)  # the grid's last row may reach past the last slice
-    array = sitk.GetArrayFromImage(resampler.Execute(image))
+    return sitk.GetArrayFromImage(resampler.Execute(image))
+
+
+def _normalised(array: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    if spec.normalize == "zscore":
+        # MR has no absolute scale: each channel by its own statistics over the voxels that hold signal
+        inside = array > 0
+        if inside.any():
+            values = array[inside].astype(np.float64)
+            array[inside] = (values - values.mean()) / max(float(values.std()), 1e-8)
+        array[~inside] = 0.0
+        return array
     lo, hi = spec.window
     np.clip(array, lo, hi, out=array)
     array -= lo
     array /= hi - lo
-    return array, grid
+    return array
+
+
+def expect_channels(image: sitk.Image, spec: GridModelSpec) -> None:
+    """Refuse an image whose number of channels (vector components) is not the model's."""
+    count = image.GetNumberOfComponentsPerPixel()
+    if count != spec.in_channels:
+        takes = f"{spec.in_channels} channels ({', '.join(spec.channels)})" if spec.channels else "one channel"
+        raise RejectedInput(f"model {spec.name} {spec.version} takes {takes}; the image given has {count}")
 
 
 def labels_to_model_space(labels: sitk.Image, grid: sitk.Image) -> np.ndarray:

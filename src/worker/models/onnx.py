@@ -17,7 +17,7 @@ import torch
 
 from db.errors import ConfigurationError
 from worker.models.body import restrict_to_body
-from worker.models.grid import to_model_space
+from worker.models.grid import expect_channels, to_model_space
 from worker.models.runtime import ModelOutput
 from worker.models.spec import ExportedSpec
 from worker.models.torchscript import PROBE, probe_channels
@@ -70,17 +70,18 @@ class OnnxRuntime:
         self.input_name = self.session.get_inputs()[0].name
         self.providers = self.session.get_providers()
         window = tuple(spec.inference.roi_size) if _fixed(self.session) else min(PROBE, spec.inference.roi_size)
-        probe_channels(self.run(np.zeros((1, 1, *window), dtype=np.float32)), spec, repr(str(path)))
+        probe_channels(self.run(np.zeros((1, spec.in_channels, *window), dtype=np.float32)), spec, repr(str(path)))
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for a (batch, 1, z, y, x) float32 array."""
+        """Logits for a (batch, channels, z, y, x) float32 array."""
         return np.asarray(self.session.run(None, {self.input_name: batch})[0])
 
     def _predict(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run(batch.detach().cpu().numpy().astype(np.float32, copy=False)))
 
     def infer(self, image: sitk.Image) -> ModelOutput:
-        """Class probabilities on the model's grid covering ``image``."""
+        """Class probabilities on the model's grid covering ``image`` (a vector image for several channels)."""
+        expect_channels(image, self.spec)
         model_input, grid = to_model_space(image, self.spec.preprocess)
         # windows are cut and stitched on the CPU; ONNX Runtime moves each to its device
         probabilities = sliding_probabilities(self._predict, model_input, self.spec.inference, "cpu")

@@ -76,6 +76,10 @@ class PreprocessSpec(_Strict):
     orientation: str = Field("LPS", pattern=r"^[LR][PA][SI]$|^[LR][SI][PA]$|^[PA][LR][SI]$")
     spacing: tuple[float, float, float] = (2.5, 2.5, 2.5)
     window: tuple[float, float] = (-1000.0, 400.0)
+    # "window": clip to ``window`` and scale to [0, 1] (CT, HU); "zscore": each channel minus its mean over
+    # its voxels > 0, divided by their standard deviation, the rest 0 (MR: MONAI NormalizeIntensityd with
+    # nonzero and channel_wise)
+    normalize: Literal["window", "zscore"] = "window"
 
     @model_validator(mode="after")
     def _window(self) -> "PreprocessSpec":
@@ -184,7 +188,14 @@ class GridModelSpec(ModelSpec):
         values = sorted(label.value for label in self.labels)
         if values != list(range(1, len(values) + 1)):
             raise ValueError(f"label values {values} must be 1..{len(values)}, each once")
+        if len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels {list(self.channels)} must each be named once")
         return self
+
+    @property
+    def in_channels(self) -> int:
+        """Channels of the network's input: one per named channel, one when none is named."""
+        return max(1, len(self.channels))
 
     @property
     def out_channels(self) -> int:

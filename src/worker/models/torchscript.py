@@ -14,7 +14,7 @@ import torch
 
 from db.errors import ConfigurationError
 from worker.models.body import restrict_to_body
-from worker.models.grid import to_model_space
+from worker.models.grid import expect_channels, to_model_space
 from worker.models.runtime import ModelOutput, torch_device
 from worker.models.spec import ExportedSpec
 from worker.models.unet import sliding_probabilities
@@ -45,12 +45,13 @@ class TorchScriptRuntime:
         except RuntimeError as exc:
             raise ConfigurationError(f"{str(path)!r} is not a TorchScript file: {str(exc).splitlines()[0]}") from exc
         window = min(PROBE, spec.inference.roi_size)
+        probe = torch.zeros((1, spec.in_channels, *window), device=torch.device(self.device))
         with torch.inference_mode():
-            probe_channels(self.network(torch.zeros((1, 1, *window), device=torch.device(self.device))), spec,
-                           repr(str(path)))
+            probe_channels(self.network(probe), spec, repr(str(path)))
 
     def infer(self, image: sitk.Image) -> ModelOutput:
-        """Class probabilities on the model's grid covering ``image``."""
+        """Class probabilities on the model's grid covering ``image`` (a vector image for several channels)."""
+        expect_channels(image, self.spec)
         model_input, grid = to_model_space(image, self.spec.preprocess)
         probabilities = sliding_probabilities(self.network, model_input, self.spec.inference, self.device)
         return ModelOutput(grid, probabilities=restrict_to_body(probabilities, model_input, self.spec))

@@ -16,7 +16,7 @@ from monai.networks.nets import UNet
 
 from db.errors import ConfigurationError
 from worker.models.body import restrict_to_body
-from worker.models.grid import to_model_space
+from worker.models.grid import expect_channels, to_model_space
 from worker.models.runtime import ModelOutput, torch_device
 from worker.models.spec import InferenceSpec, UNetSpec
 
@@ -25,7 +25,7 @@ def build_network(spec: UNetSpec) -> torch.nn.Module:
     arch = spec.architecture
     return UNet(
         spatial_dims=3,
-        in_channels=1,
+        in_channels=spec.in_channels,
         out_channels=spec.out_channels,
         channels=arch.channels,
         strides=arch.strides,
@@ -37,9 +37,11 @@ def build_network(spec: UNetSpec) -> torch.nn.Module:
 
 def sliding_probabilities(predictor: Callable[[torch.Tensor], torch.Tensor], model_input: np.ndarray,
                           inference: InferenceSpec, device: str) -> np.ndarray:
-    """Softmax probabilities (C, z, y, x) of a network over a preprocessed (z, y, x) array, window by
-    window as the model file says; shared by every kind that runs a network on ainode's own grid."""
-    tensor = torch.from_numpy(model_input)[None, None].to(torch.device(device))
+    """Softmax probabilities (C, z, y, x) of a network over a preprocessed (z, y, x) array, or a
+    (channels, z, y, x) one, window by window as the model file says; shared by every kind that runs a
+    network on ainode's own grid."""
+    tensor = torch.from_numpy(model_input)
+    tensor = (tensor[None, None] if tensor.ndim == 3 else tensor[None]).to(torch.device(device))
     with torch.inference_mode():
         logits = sliding_window_inference(
             tensor, roi_size=inference.roi_size, sw_batch_size=inference.sw_batch_size, predictor=predictor,
@@ -70,11 +72,12 @@ class UNetRuntime:
         self.network.to(torch.device(self.device)).eval()
 
     def probabilities(self, model_input: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (C, z, y, x) for a preprocessed (z, y, x) array."""
+        """Softmax probabilities (C, z, y, x) for a preprocessed (z, y, x) or (channels, z, y, x) array."""
         return sliding_probabilities(self.network, model_input, self.spec.inference, self.device)
 
     def infer(self, image: sitk.Image) -> ModelOutput:
-        """Class probabilities on the model's grid covering ``image``."""
+        """Class probabilities on the model's grid covering ``image`` (a vector image for several channels)."""
+        expect_channels(image, self.spec)
         model_input, grid = to_model_space(image, self.spec.preprocess)
         probabilities = restrict_to_body(self.probabilities(model_input), model_input, self.spec)
         return ModelOutput(grid, probabilities=probabilities)
