@@ -146,4 +146,10 @@ def coded_labels(names: Mapping[int, str], toml: Path, model: str) -> tuple[Labe
     if missing:
         raise ConfigurationError(f"{len(missing)} label(s) of {model} have no SNOMED CT code by name and none in "
                                  f"{str(toml)!r}: {', '.join(missing)}")
+    for label in out:
+        shared = [other.name for other in out if other is not label and set(other.mask_values) & set(label.mask_values)]
+        if shared and (label.keep_largest or label.fill_holes or label.min_volume_ml):
+            raise ConfigurationError(f"{str(toml)!r}: labels.{label.name}: keep_largest, fill_holes and "
+                                     f"min_volume_ml clean a label whose values no other label shares "
+                                     f"({', '.join(shared)} share them)")
     return tuple(out)
