@@ -142,7 +142,8 @@ def describe_bundle(path: Path | None, options: Mapping[str, Any]) -> BundleSpec
     labels = coded_labels(names, toml, f"bundle {name!r}")
     spec = BundleSpec(name=name[:64], version=str(metadata.get("version") or "0")[:64],
                       description=str(metadata.get("description", ""))[:500], modality=modality,
-                      weights="models/model.pt", channels=channels, labels=labels, overrides=dict(options.get("overrides") or {}),
+                      weights="models/model.pt", channels=channels, labels=labels,
+                      overrides=dict(options.get("overrides") or {}),
                       model_spacing=_plain_spacing(folder), path=folder)
     spec.config_file  # noqa: B018 - refuses a folder without an inference config now, not at the first job
     return spec
