@@ -73,10 +73,15 @@ def test_shipped_labels_toml_completes_the_bundle(bundle: str) -> None:
     assert len(coded_labels(names, LABELS / f"{bundle}.labels.toml", bundle)) == len(names)
 
 
-def test_a_four_channel_bundle_is_refused_with_its_channels(tmp_path: Path) -> None:
+def test_a_four_channel_bundle_names_its_channels_and_inconsistent_metadata_is_refused(tmp_path: Path) -> None:
     bundle = copy_bundle("brats_mri_segmentation", tmp_path / "brats")
-    with pytest.raises(ConfigurationError, match=r"model brats: bundle .* needs 4 input channels "
-                                                 r"\(T1c, T1, T2, FLAIR\), one series each"):
+    spec = registry.describe(registry.ModelEntry("brats", "monai-bundle", bundle, "cpu"))
+    assert spec.channels == ("T1c", "T1", "T2", "FLAIR") and len(spec.labels) == 3
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    del meta["network_data_format"]["inputs"]["image"]["channel_def"]["3"]
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigurationError, match=r"input num_channels is 4 but its channel_def names channels "
+                                                 r"\[0, 1, 2\]; expected 0..3"):
         registry.describe(registry.ModelEntry("brats", "monai-bundle", bundle, "cpu"))
 
 

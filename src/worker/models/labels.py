@@ -20,6 +20,12 @@ bone, SCT "Hip" the region): ``labels.toml`` overrides it.
     type = { scheme = "SCT", value = "49668003", meaning = "Fifth lumbar vertebra" }  # ... or a code
     category = "AnatomicalStructure"        # the default; e.g. "MorphologicallyAbnormalStructure"
     keep_largest = 1                        # clean-up, as in model.toml (default: none)
+
+    [labels."Whole tumor"]                  # a segment made of several label-map values: BraTS's
+    values = [1, 2, 4]                      # nested regions, or a sigmoid bundle's merged channels
+
+``values`` (default: the label's own value) lets segments overlap: a voxel of value 4 is in every
+segment listing 4. Clean-up options need a label of one value (they would change the other segments).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from worker.models.spec import Code, LabelSpec
 LATERALITY = {"left": "Left", "right": "Right"}
 DEFAULT_CATEGORY = "AnatomicalStructure"
 ENTRY_KEYS = {"type", "modifier", "category", "anatomic_region", "color", "keep_largest", "fill_holes",
-              "min_volume_ml"}
+              "min_volume_ml", "values"}
 
 
 def sct(keyword: str) -> Code:
@@ -132,11 +138,18 @@ def coded_labels(names: Mapping[int, str], toml: Path, model: str) -> tuple[Labe
                 category=_code(entry.get("category", DEFAULT_CATEGORY), f"{where}.category"),
                 type=type_code, modifier=modifier, color=tuple(entry.get("color", palette(value))),
                 anatomic_region=_code(region, f"{where}.anatomic_region") if region is not None else None,
-                **{k: entry[k] for k in ("keep_largest", "fill_holes", "min_volume_ml") if k in entry}))
+                **{k: entry[k] for k in ("keep_largest", "fill_holes", "min_volume_ml", "values") if k in entry}))
         except ValidationError as exc:
             first = exc.errors()[0]
-            raise ConfigurationError(f"{where}.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from exc
+            key = "".join(f".{p}" for p in first["loc"])
+            raise ConfigurationError(f"{where}{key}: {first['msg']}") from exc
     if missing:
         raise ConfigurationError(f"{len(missing)} label(s) of {model} have no SNOMED CT code by name and none in "
                                  f"{str(toml)!r}: {', '.join(missing)}")
+    for label in out:
+        shared = [other.name for other in out if other is not label and set(other.mask_values) & set(label.mask_values)]
+        if shared and (label.keep_largest or label.fill_holes or label.min_volume_ml):
+            raise ConfigurationError(f"{str(toml)!r}: labels.{label.name}: keep_largest, fill_holes and "
+                                     f"min_volume_ml clean a label whose values no other label shares "
+                                     f"({', '.join(shared)} share them)")
     return tuple(out)

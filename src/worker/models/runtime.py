@@ -91,10 +91,20 @@ def check(output: ModelOutput, spec: ModelSpec) -> None:
         raise ModelFailure(f"{where} returned NaN or infinite labels")
     if labels.dtype.kind not in "biuf":
         raise ModelFailure(f"{where} returned labels of type {labels.dtype}")
-    top = max(label.value for label in spec.labels)
     low, high = (labels.min(), labels.max()) if labels.size else (0, 0)
-    if low < 0 or high > top or (labels.dtype.kind == "f" and not np.array_equal(labels, np.rint(labels))):
-        raise ModelFailure(f"{where} returned label values {low:g}..{high:g}; its labels are 1..{top} (0: none)")
+    if labels.dtype.kind == "f" and not np.array_equal(labels, np.rint(labels)):
+        raise ModelFailure(f"{where} returned label values {low:g}..{high:g} that are not whole numbers")
+    if all(label.values is None for label in spec.labels):
+        top = max(label.value for label in spec.labels)
+        if low < 0 or high > top:
+            raise ModelFailure(f"{where} returned label values {low:g}..{high:g}; its labels are 1..{top} (0: none)")
+        return
+    known = sorted({0, *(v for label in spec.labels for v in label.mask_values)})
+    if low < 0 or high > known[-1] or not np.isin(labels, known).all():
+        found = np.unique(labels)
+        stray = [f"{v:g}" for v in found[~np.isin(found, known)]]
+        raise ModelFailure(f"{where} returned label values {', '.join(stray)}; its labels are made of "
+                           f"{', '.join(map(str, known))} (0: none)")
 
 
 def to_source(output: ModelOutput, source: sitk.Image) -> np.ndarray:

@@ -33,7 +33,8 @@ class Code(_Strict):
 
 
 class LabelSpec(_Strict):
-    value: int = Field(ge=1, le=255, description="Label value in the model output")
+    value: int = Field(ge=1, le=255, description="Label value in the model output; the SEG's segment number order")
+    values: tuple[int, ...] | None = None  # the label-map values the segment is made of (None: just ``value``)
     name: str = Field(min_length=1, max_length=64)
     category: Code
     type: Code
@@ -51,6 +52,27 @@ class LabelSpec(_Strict):
         if any(not 0 <= c <= 255 for c in v):
             raise ValueError(f"colour {v} must be three values in 0..255")
         return v
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or len(set(v)) != len(v) or any(not 1 <= x <= 255 for x in v)):
+            raise ValueError(f"values {list(v)} must be distinct label-map values in 1..255")
+        return v
+
+    @model_validator(mode="after")
+    def _one_value_to_clean(self) -> "LabelSpec":
+        """Clean-up works on one value of the label map; a segment of several (an overlapping region such
+        as BraTS's whole tumour) would change the other segments that share its values."""
+        if len(self.mask_values) > 1 and (self.keep_largest or self.fill_holes or self.min_volume_ml):
+            raise ValueError(f"label {self.name!r} is made of values {list(self.mask_values)}: keep_largest, "
+                             "fill_holes and min_volume_ml clean a label of one value only")
+        return self
+
+    @property
+    def mask_values(self) -> tuple[int, ...]:
+        """The label-map values whose voxels make this segment."""
+        return self.values if self.values is not None else (self.value,)
 
 
 class ArchitectureSpec(_Strict):

@@ -1,4 +1,7 @@
-"""What a job found: each label present in the cleaned mask, measured once for the SEG and the SR."""
+"""What a job found: each label present in the cleaned mask, measured once for the SEG and the SR.
+
+A label is the voxels whose value is one of its ``mask_values`` (usually its own value; BraTS's nested
+regions share values, so segments may overlap)."""
 
 from __future__ import annotations
 
@@ -33,6 +36,23 @@ class Findings:
         return ", ".join(f"{f.label.name} {f.volume_ml:.1f} mL" for f in self.present) or "nothing found"
 
 
+def segment_mask(labels: np.ndarray, label: LabelSpec) -> np.ndarray:
+    """The voxels of ``labels`` that belong to ``label``."""
+    values = label.mask_values
+    return labels == values[0] if len(values) == 1 else np.isin(labels, values)
+
+
+def overlapping(findings: Findings) -> bool:
+    """Whether two segments found share a label-map value (then no label map can hold them)."""
+    seen: set[int] = set()
+    for finding in findings.present:
+        values = set(finding.label.mask_values)
+        if values & seen:
+            return True
+        seen |= values
+    return False
+
+
 def find(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> Findings:
     """Measure every label of ``spec`` in ``labels``: one comparison and one pass over the image each.
     Each voxel counts with its own slice's volume (they differ in an unevenly spaced stack)."""
@@ -41,7 +61,7 @@ def find(volume: Volume, labels: np.ndarray, spec: ModelSpec) -> Findings:
     even = bool(np.all(slice_ml == slice_ml[0]))
     present: list[LabelFinding] = []
     for label in spec.labels:
-        mask = labels == label.value
+        mask = segment_mask(labels, label)
         voxels = int(np.count_nonzero(mask))
         if not voxels:
             continue

@@ -1,6 +1,13 @@
-"""The TID 1500 Measurement Report (Comprehensive 3D SR): one volumetric group per SEG segment."""
+"""The TID 1500 Measurement Report (Comprehensive 3D SR): one volumetric group per SEG segment.
+
+A model that read several series (its input channels) gets every one of them referenced: each instance
+in the evidence (Current Requested Procedure Evidence Sequence, grouped by series) and in the report's
+Image Library (TID 1600, one group per series); the segments' "Source series for segmentation" stays the
+series whose grid the SEG lies on."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -32,9 +39,10 @@ def _observation_context(spec: ModelSpec, identity: ResultIdentity,
 
 
 def _document(sources: list[Dataset], evidence: list[Dataset], content: hd.sr.MeasurementReport,
-              spec: ModelSpec, identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+              spec: ModelSpec, identity: ResultIdentity, settings: OutputSettings,
+              other_sources: Sequence[Dataset]) -> hd.sr.Comprehensive3DSR:
     return hd.sr.Comprehensive3DSR(
-        evidence=[*evidence, *sources],
+        evidence=[*evidence, *sources, *other_sources],
         content=content,
         series_instance_uid=identity.sr_series_instance_uid,
         series_number=settings.sr_series_number,
@@ -47,12 +55,19 @@ def _document(sources: list[Dataset], evidence: list[Dataset], content: hd.sr.Me
     )
 
 
+def _library(sources: list[Dataset], other_sources: Sequence[Dataset]) -> list[Dataset] | None:
+    """The images of every input series for the Image Library, when there are several series (a report
+    on one series keeps the shape it always had)."""
+    return [*sources, *other_sources] if other_sources else None
+
+
 def _procedure(sources: list[Dataset]) -> hd.sr.CodedConcept:
     return PROCEDURE.get(str(sources[0].get("Modality", "")), PROCEDURE["CT"])
 
 
 def build_nothing_found_report(sources: list[Dataset], spec: ModelSpec, identity: ResultIdentity,
-                               settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+                               settings: OutputSettings, *,
+                               other_sources: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
     """A TID 1500 report that says the model found none of its labels (there is no SEG to reference)."""
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=identity.sr_sop_instance_uid + ".1",
@@ -64,8 +79,9 @@ def build_nothing_found_report(sources: list[Dataset], spec: ModelSpec, identity
         procedure_reported=_procedure(sources),
         imaging_measurements=[group],
         title=codes.cid7021.ImagingMeasurementReport,
+        referenced_images=_library(sources, other_sources),
     )
-    return _document(sources, [], report, spec, identity, settings)
+    return _document(sources, [], report, spec, identity, settings, other_sources)
 
 
 def _laterality(label: LabelSpec) -> hd.sr.CodedConcept | None:
@@ -77,7 +93,8 @@ def _laterality(label: LabelSpec) -> hd.sr.CodedConcept | None:
 
 
 def build_report(sources: list[Dataset], findings: Findings, seg: hd.seg.Segmentation, spec: ModelSpec,
-                 identity: ResultIdentity, settings: OutputSettings) -> hd.sr.Comprehensive3DSR:
+                 identity: ResultIdentity, settings: OutputSettings, *,
+                 other_sources: Sequence[Dataset] = ()) -> hd.sr.Comprehensive3DSR:
     """One volumetric group per SEG segment: volume, and for CT mean and SD of HU, with its finding codes."""
     source_series = hd.sr.SourceSeriesForSegmentation(sources[0].SeriesInstanceUID)
     ct = str(sources[0].get("Modality", "")) == "CT"
@@ -110,5 +127,6 @@ def build_report(sources: list[Dataset], findings: Findings, seg: hd.seg.Segment
         procedure_reported=_procedure(sources),
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
+        referenced_images=_library(sources, other_sources),
     )
-    return _document(sources, [seg], report, spec, identity, settings)
+    return _document(sources, [seg], report, spec, identity, settings, other_sources)
