@@ -26,13 +26,13 @@ runner = CliRunner()
 
 
 def mr_model(folder: Path, channels: str = '["T1", "T2"]') -> Path:
-    """The demo model's labels on a small three-level network at 4 mm, taking T1 and T2 z-scored."""
+    """The demo model's labels on a small three-level network at 6 mm, taking T1 and T2 z-scored."""
     text = DEMO_MODEL.read_text()
     for old, new in (('modality = "CT"', f'modality = "MR"\nchannels = {channels}'),
                      ("channels = [16, 32, 64, 128, 256]", "channels = [8, 16, 32]"),
                      ("strides = [2, 2, 2, 2]", "strides = [2, 2]"),
-                     ("spacing = [3.0, 3.0, 3.0]", 'spacing = [4.0, 4.0, 4.0]\nnormalize = "zscore"'),
-                     ("roi_size = [96, 96, 96]", "roi_size = [48, 48, 48]")):
+                     ("spacing = [3.0, 3.0, 3.0]", 'spacing = [6.0, 6.0, 6.0]\nnormalize = "zscore"'),
+                     ("roi_size = [96, 96, 96]", "roi_size = [32, 32, 32]")):
         assert old in text
         text = text.replace(old, new)
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(tmp_path: 
     out = tmp_path / "trained" / "weights.pt"
     result = runner.invoke(app, ["train", "--model", str(model), "--images", str(data / "imagesTr"), "--labels",
                                  str(data / "labelsTr"), "--phantoms", "0", "--validation-phantoms", "0",
-                                 "--steps", "400", "--batch", "2", "--patch", "48", "--lr", "5e-3",
+                                 "--steps", "400", "--batch", "2", "--patch", "32", "--lr", "5e-3",
                                  "--cache", str(tmp_path / "cache"), "--out", str(out)])
     assert result.exit_code == 0, result.output
     written = load_spec(out.parent / "model.toml")
@@ -106,7 +106,7 @@ def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(tmp_path: 
     runtime.network.load_state_dict(build_network(runtime.spec).state_dict())
     untrained = dice(segment(runtime, image) == 1, expected)
     print(f"lung Dice: trained {trained:.3f}, untrained {untrained:.3f}")
-    assert trained >= 0.4 > untrained  # measured: 0.72 trained, 0.10 untrained
+    assert trained >= 0.4 > untrained  # measured: 0.75 trained, 0.10 untrained (60 s)
     with pytest.raises(RejectedInput, match=r"takes 2 channels \(T1, T2\); the image given has 1"):
         segment(runtime, channels[0])
 
