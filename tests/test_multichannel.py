@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from pydicom import dcmread
 from typer.testing import CliRunner
 
 from ainode.cli import app
+from ainode.kit import wait_for
+from conftest import NodeProcess, StoreSCP, storescu
 from db.errors import RejectedInput
 from training.metrics import dice
 from training.mr import make_mr_case, mr_images, write_mr_cases, write_mr_study
@@ -83,8 +87,10 @@ def test_a_case_missing_a_channel_or_a_dataset_naming_others_is_refused(tmp_path
         check_cases(data / "imagesTr", data / "labelsTr", spec)
 
 
-@pytest.mark.slow
-def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained_t1_t2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A T1 + T2 lung model trained briefly on MR phantoms with ``ainode train``: its model.toml."""
+    tmp_path = tmp_path_factory.mktemp("t1-t2")
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     data = write_mr_cases(tmp_path / "data", [11, 12, 13], matrix=96)
     model = mr_model(tmp_path / "source")
@@ -94,6 +100,12 @@ def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(tmp_path: 
                                  "--steps", "400", "--batch", "2", "--patch", "32", "--lr", "5e-3",
                                  "--cache", str(tmp_path / "cache"), "--out", str(out)])
     assert result.exit_code == 0, result.output
+    return out.parent / "model.toml"
+
+
+@pytest.mark.slow
+def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(trained_t1_t2: Path) -> None:
+    out = trained_t1_t2.parent / "weights.pt"
     written = load_spec(out.parent / "model.toml")
     assert written.channels == ("T1", "T2") and written.preprocess.normalize == "zscore"
     runtime = registry.load(registry.ModelEntry("mr-lung", "ainode", out.parent / "model.toml", device="cpu"))
@@ -110,3 +122,35 @@ def test_a_t1_t2_model_trained_briefly_on_mr_phantoms_finds_the_lungs(tmp_path: 
     with pytest.raises(RejectedInput, match=r"takes 2 channels \(T1, T2\); the image given has 1"):
         segment(runtime, channels[0])
 
+
+
+@pytest.mark.slow
+def test_a_t1_t2_study_through_the_node_gives_one_seg_on_the_t1_slices(
+        trained_t1_t2: Path, tmp_path: Path, pacs: StoreSCP, node_factory: Callable[..., NodeProcess]) -> None:
+    """The two series of a study, sent by DCMTK to ``ainode serve``, come back as one SEG on T1's slices whose
+    lungs match the phantom's, referencing both series."""
+    study = write_mr_study(tmp_path / "study", seed=98, contrasts=("T1", "T2"), matrix=96)
+    node = node_factory(pacs.port, extra=f"""
+[models.mr-lung]
+path = "{trained_t1_t2}"
+[models.mr-lung.channels.T1]
+series_description = "^T1"
+[models.mr-lung.channels.T2]
+series_description = "^T2"
+""").serve()
+    for contrast in ("T2", "T1"):
+        assert storescu(node.port, study.paths[contrast]).returncode == 0
+    wait_for(lambda: {dcmread(p, stop_before_pixels=True).Modality for p in pacs.files()} >= {"SEG", "SR"}, 180,
+             lambda: f"no SEG and SR at the PACS; log: {node.log_text()}")
+    seg = next(dcmread(p) for p in pacs.files() if dcmread(p, stop_before_pixels=True).Modality == "SEG")
+    assert {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence} == set(study.series_instance_uids.values())
+    order = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study.paths["T1"]]  # slice k
+    truth = sitk.GetArrayFromImage(study.labels) == 1  # on T1's grid
+    found = np.zeros_like(truth)
+    pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):
+        source = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        found[order.index(source)] |= frame.astype(bool)
+    score = dice(found, truth)
+    print(f"lung Dice through the node: {score:.3f}")
+    assert score >= 0.4, score
