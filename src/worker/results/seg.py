@@ -53,20 +53,12 @@ def numbered(findings: Findings) -> np.ndarray:
     return out
 
 
-def stacked(volume: Volume, sources: list[Dataset],
-            findings: Findings) -> tuple[np.ndarray, list[hd.PlanePositionSequence]]:
-    """The (frames, rows, columns, segments) boolean stack of the source frames where any segment is
-    present (the first frame when none is, so that the stack is never empty), and their plane positions."""
+def stacked(volume: Volume, findings: Findings) -> np.ndarray:
+    """The (frames, rows, columns, segments) boolean stack of every source frame, for segments that overlap;
+    highdicom leaves out the frames where a segment is absent, so the SEG holds only those it is in. One
+    byte a voxel a segment: only models whose segments overlap (a few regions, an MR volume) come here."""
     ordered = volume.in_source_order(findings.labels)
-    values = sorted({v for f in findings.present for v in f.label.mask_values})
-    frames = np.flatnonzero(np.isin(ordered, values).any(axis=(1, 2))) if values else np.array([], int)
-    if not frames.size:
-        frames = np.array([0])
-    planes = ordered[frames]
-    stack = np.stack([segment_mask(planes, f.label) for f in findings.present], axis=-1)
-    positions = (hd.utils.get_plane_positions_of_image(sources[0]) if volume.multiframe
-                 else hd.utils.get_plane_positions_of_series(sources))
-    return stack, [positions[i] for i in frames]
+    return np.stack([segment_mask(ordered, f.label) for f in findings.present], axis=-1)
 
 
 def build_segmentation(volume: Volume, sources: list[Dataset], findings: Findings, spec: ModelSpec,
@@ -76,9 +68,8 @@ def build_segmentation(volume: Volume, sources: list[Dataset], findings: Finding
     ``sources`` are the source headers as ``content.source_headers`` prepares them: the series whose grid
     the frames lie on. ``other_sources``, the headers of the other series the model read (its other input
     channels), are referenced too (Referenced Series Sequence, one item per series)."""
-    positions: list[hd.PlanePositionSequence] | None = None
     if overlapping(findings):
-        pixels, positions = stacked(volume, sources, findings)
+        pixels = stacked(volume, findings)
     else:
         pixels = volume.in_source_order(numbered(findings))
     return hd.seg.Segmentation(
@@ -99,6 +90,5 @@ def build_segmentation(volume: Volume, sources: list[Dataset], findings: Finding
         content_creator_name="ainode^",
         series_description=settings.seg_series_description[:64],
         contributing_equipment=[contributing_equipment(spec, identity, settings)],
-        plane_positions=positions,
         further_source_images=list(other_sources) or None,
     )
