@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from ainode.kit import free_port, wait_for
 from db.engine import Database
@@ -304,6 +305,13 @@ port = {self.status_port}
 
     def database(self) -> Database:
         return Database(self.database_url)
+
+    def delivered(self) -> bool:
+        """Every job has ended and every result reached its destinations (recorded once the PACS answered,
+        so once its files are whole): only then may a test read the PACS's folder."""
+        with self.database().read() as session:
+            rows = session.execute(text("SELECT progress FROM job_delivery")).scalars().all()
+        return bool(rows) and all(r in ("delivered", "rejected", "failed") for r in rows)
 
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}" for p in self.logs if p.exists())

@@ -140,8 +140,7 @@ series_description = "^T2"
 """).serve()
     for contrast in ("T2", "T1"):
         assert storescu(node.port, study.paths[contrast]).returncode == 0
-    wait_for(lambda: {dcmread(p, stop_before_pixels=True).Modality for p in pacs.files()} >= {"SEG", "SR"}, 180,
-             lambda: f"no SEG and SR at the PACS; log: {node.log_text()}")
+    wait_for(node.delivered, 180, lambda: f"no SEG and SR at the PACS; log: {node.log_text()}")
     seg = next(dcmread(p) for p in pacs.files() if dcmread(p, stop_before_pixels=True).Modality == "SEG")
     assert {s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence} == set(study.series_instance_uids.values())
     order = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in study.paths["T1"]]  # slice k
