@@ -90,7 +90,7 @@ def test_four_series_of_a_study_give_one_seg_of_overlapping_regions_referencing_
 
 
 def _masks(seg) -> dict[int, np.ndarray]:  # type: ignore[no-untyped-def]
-    """Each segment's frames, keyed by (segment, source instance), as boolean masks stacked per segment."""
+    """Each segment's mask (segment number → slices × rows × columns), slices in source-instance order."""
     pixels = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns).astype(bool)
     out: dict[int, dict[str, np.ndarray]] = {}
     for frame, item in zip(pixels, seg.PerFrameFunctionalGroupsSequence):

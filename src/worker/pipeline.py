@@ -21,7 +21,7 @@ from worker.assembly.geometry import MAX_GAP_RATIO
 from worker.assembly.series import assemble
 from worker.assembly.volume import Volume
 from worker.models.postprocess import clean
-from worker.models.runtime import Runtime, run, segment, to_source
+from worker.models.runtime import Runtime, run, to_source
 from worker.results.content import source_headers
 from worker.results.findings import Findings, find
 from worker.results.identity import OutputSettings, ResultIdentity, result_identity
@@ -103,8 +103,6 @@ class Pipeline:
     def segment(self, volume: Volume, image: sitk.Image | None = None) -> np.ndarray:
         """The model's labels on the volume's source grid: the image, or an uneven stack's acquired slices.
         ``image`` is what the model reads when it is not the volume's own (several series stacked on it)."""
-        if volume.acquired is None and image is None:
-            return segment(self.runtime, volume.image)
         output = run(self.runtime, volume.image if image is None else image)
         if volume.acquired is None:
             return to_source(output, volume.image)
