@@ -4,6 +4,7 @@ series read from DICOM files)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -86,7 +87,7 @@ def test_channels_in_different_frames_of_reference_are_refused_naming_them(
     fine, coarse = two_grids
     frames = []
     for frame in coarse.frames:
-        dataset = frame.dataset.copy()
+        dataset = copy.deepcopy(frame.dataset)  # a shallow copy shares its elements with the fixture's
         dataset.FrameOfReferenceUID = "1.2.3.999"
         frames.append(dataclasses.replace(frame, dataset=dataset))
     elsewhere = dataclasses.replace(coarse, frames=tuple(frames))
